@@ -1,0 +1,208 @@
+# -*- coding: utf-8 -*-
+# Copyright: liveupdate.qemu contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""A model of a QEMU command line: options, their key=value lists, and the
+resources they name (QMP sockets, memory backends, pidfile, VM name).
+
+QEMU option values are comma-separated ``key=value`` lists where ``,,``
+stands for a literal comma and the first item may be a bare value for an
+implied key (``-object memory-backend-file,...``, ``-chardev socket,...``).
+"""
+
+from __future__ import annotations
+
+import json
+
+# Options that take no argument (everything else takes exactly one).
+FLAG_OPTIONS = frozenset((
+    'S', 's', 'daemonize', 'no-reboot', 'no-shutdown', 'nographic', 'enable-kvm', 'snapshot',
+    'nodefaults', 'no-user-config', 'full-screen', 'no-hpet', 'no-acpi', 'win2k-hack', 'usb',
+    'only-migratable', 'preconfig', 'no-fd-bootchk', 'no-quit', 'alt-grab', 'ctrl-grab',
+    'enable-sync-profile', 'semihosting', 'version', 'help', 'h', 'xen-attach', 'rtc-td-hack',
+))
+
+# The implied first key of the options whose values start with a bare word.
+IMPLIED_KEYS = {
+    'object': 'qom-type', 'chardev': 'backend', 'netdev': 'type', 'nic': 'type', 'machine': 'type',
+    'M': 'type', 'name': 'guest', 'device': 'driver', 'accel': 'accel', 'vnc': 'vnc',
+    'qmp': 'chardev', 'qmp-pretty': 'chardev', 'display': 'type', 'serial': 'chardev',
+    'incoming': 'uri', 'm': 'size', 'smp': 'cpus', 'cpu': 'model', 'numa': 'type',
+}
+
+
+class QemuOpts:
+    """An ordered ``key=value`` list; ``None`` is the key of a bare leading value."""
+
+    def __init__(self, items=None):
+        self.items = list(items or [])
+
+    @classmethod
+    def parse(cls, text):
+        if text.startswith('{'):
+            # JSON syntax (-object '{"qom-type": ...}'): keep keys, stringify values.
+            try:
+                data = json.loads(text)
+            except ValueError:
+                data = None
+            if isinstance(data, dict):
+                return cls([(k, _json_scalar(v)) for k, v in data.items()])
+        items, buf, i = [], [], 0
+        parts = []
+        while i < len(text):
+            ch = text[i]
+            if ch == ',':
+                if text[i + 1:i + 2] == ',':
+                    buf.append(',')
+                    i += 2
+                    continue
+                parts.append(''.join(buf))
+                buf = []
+            else:
+                buf.append(ch)
+            i += 1
+        parts.append(''.join(buf))
+        for index, part in enumerate(parts):
+            if '=' in part:
+                key, value = part.split('=', 1)
+                items.append((key, value))
+            elif part or index == 0:
+                items.append((None, part) if index == 0 else (part, 'on'))
+        return cls(items)
+
+    def format(self):
+        out = []
+        for key, value in self.items:
+            value = str(value).replace(',', ',,')
+            out.append(value if key is None else '%s=%s' % (key, value))
+        return ','.join(out)
+
+    def get(self, key, default=None, implied=None):
+        for k, v in self.items:
+            if k == key or (k is None and implied is not None and key == implied):
+                return v
+        return default
+
+    def head(self):
+        """The bare leading value, if any (the backend/type word)."""
+        if self.items and self.items[0][0] is None:
+            return self.items[0][1]
+        return None
+
+    def set(self, key, value):
+        for index, (k, dummy) in enumerate(self.items):
+            if k == key:
+                self.items[index] = (key, value)
+                return
+        self.items.append((key, value))
+
+    def remove(self, key):
+        self.items = [(k, v) for k, v in self.items if k != key]
+
+    def as_dict(self, implied=None):
+        return dict(((implied if k is None else k), v) for k, v in self.items)
+
+
+def _json_scalar(value):
+    if isinstance(value, bool):
+        return 'on' if value else 'off'
+    return str(value) if not isinstance(value, (dict, list)) else json.dumps(value)
+
+
+def is_on(value):
+    return str(value).lower() in ('on', 'yes', 'true', 'y', '1')
+
+
+class QemuCommandLine:
+    """A parsed QEMU argv: the binary and an ordered list of (option, value).
+
+    ``value`` is None for flag options. Option names are kept without dashes.
+    """
+
+    def __init__(self, binary, options):
+        self.binary = binary
+        self.options = list(options)
+
+    @classmethod
+    def parse(cls, argv):
+        argv = list(argv)
+        if not argv:
+            raise ValueError('empty command line')
+        options, i = [], 1
+        while i < len(argv):
+            word = argv[i]
+            if not word.startswith('-'):
+                # A bare word is a disk image (the legacy -hda form).
+                options.append(('hda', word))
+                i += 1
+                continue
+            name = word.lstrip('-')
+            if '=' in name and word.startswith('--'):
+                name, value = name.split('=', 1)
+                options.append((name, value))
+                i += 1
+            elif name in FLAG_OPTIONS or i + 1 >= len(argv):
+                options.append((name, None))
+                i += 1
+            else:
+                options.append((name, argv[i + 1]))
+                i += 2
+        return cls(argv[0], options)
+
+    def argv(self):
+        out = [self.binary]
+        for name, value in self.options:
+            out.append('-' + name)
+            if value is not None:
+                out.append(value)
+        return out
+
+    def values(self, name):
+        return [v for n, v in self.options if n == name]
+
+    def opts(self, name):
+        return [QemuOpts.parse(v) for v in self.values(name) if v is not None]
+
+    def has(self, name):
+        return any(n == name for n, dummy in self.options)
+
+    # --- what the command line names ---
+
+    def name(self):
+        for opts in self.opts('name'):
+            return opts.get('guest', implied='guest')
+        return None
+
+    def pidfile(self):
+        values = self.values('pidfile')
+        return values[-1] if values else None
+
+    def chardev_sockets(self):
+        """{chardev id: unix socket path} for server-side unix socket chardevs."""
+        found = {}
+        for opts in self.opts('chardev'):
+            if opts.head() in ('socket', 'unix') and opts.get('path') and opts.get('id'):
+                found[opts.get('id')] = opts.get('path')
+        return found
+
+    def qmp_sockets(self):
+        """Unix socket paths of the QMP monitors, in command-line order."""
+        paths = []
+        for name in ('qmp', 'qmp-pretty'):
+            for value in self.values(name):
+                if value and value.startswith('unix:'):
+                    paths.append(QemuOpts.parse(value[len('unix:'):]).head())
+        sockets = self.chardev_sockets()
+        for opts in self.opts('mon'):
+            if opts.get('mode') == 'control' and opts.get('chardev') in sockets:
+                paths.append(sockets[opts.get('chardev')])
+        return [p for p in paths if p]
+
+    def memory_backends(self):
+        """The -object memory-backend-* definitions as dicts (qom-type, id, ...)."""
+        backends = []
+        for opts in self.opts('object'):
+            data = opts.as_dict(implied='qom-type')
+            if data.get('qom-type', '').startswith('memory-backend'):
+                backends.append(data)
+        return backends

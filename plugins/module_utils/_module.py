@@ -1,0 +1,77 @@
+# -*- coding: utf-8 -*-
+# Copyright: liveupdate.qemu contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""What every module of the collection shares: the common options, the
+qemu.qmp requirement, the QMP target, and the one failure path."""
+
+from __future__ import annotations
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput, LiveUpdateError
+from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import (
+    DEFAULT_TIMEOUT, HAS_QEMU_QMP, QEMU_QMP_IMPORT_ERROR, QEMU_QMP_REQUIREMENT, QMPSession,
+)
+from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import DEFAULT_RUNTIME_DIR, RuntimePaths
+
+# Mirrors plugins/doc_fragments/common.py.
+COMMON_ARGS = dict(
+    runtime_dir=dict(type='path', default=DEFAULT_RUNTIME_DIR),
+    timeout=dict(type='float', default=DEFAULT_TIMEOUT),
+)
+
+# Mirrors plugins/doc_fragments/qmp.py: which QEMU to talk to.
+QMP_TARGET_ARGS = dict(
+    socket=dict(type='path'),
+    name=dict(type='str'),
+)
+QMP_TARGET_RULES = dict(mutually_exclusive=[('socket', 'name')], required_one_of=[('socket', 'name')])
+
+
+class LiveUpdateModule(AnsibleModule):
+    """AnsibleModule with the collection's common options and failure path."""
+
+    def __init__(self, argument_spec, requires=('qemu.qmp',), **kwargs):
+        spec = dict(COMMON_ARGS)
+        spec.update(argument_spec)
+        super().__init__(argument_spec=spec, **kwargs)
+        if 'qemu.qmp' in requires and not HAS_QEMU_QMP:
+            self.fail_json(msg=missing_required_lib(QEMU_QMP_REQUIREMENT), exception=QEMU_QMP_IMPORT_ERROR)
+        if self.params['timeout'] <= 0:
+            self.fail_json(msg='timeout must be positive, got %s' % self.params['timeout'])
+
+    def fail_from(self, exc, **result):
+        """Turn a LiveUpdateError into fail_json, keeping the partial result."""
+        result.update(exc.details)
+        result.pop('msg', None)
+        self.fail_json(msg=str(exc), **result)
+
+    def qmp_socket(self):
+        """The QMP socket named by ``socket`` or by the VM ``name`` under ``runtime_dir``."""
+        if self.params.get('socket'):
+            return self.params['socket']
+        name = self.params['name']
+        if not name or '/' in name or name in ('.', '..'):
+            raise InvalidInput('VM name %r is not valid' % (name,))
+        return RuntimePaths(self.params['runtime_dir'], name).qmp_socket
+
+    def qmp_session(self):
+        return QMPSession(self.qmp_socket(), self.params['timeout'])
+
+    def run(self, work):
+        """Call ``work()`` and exit with its result; LiveUpdateErrors become failures."""
+        try:
+            result = work()
+        except LiveUpdateError as exc:
+            self.fail_from(exc)
+        self.exit_json(**result)
+
+
+def same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

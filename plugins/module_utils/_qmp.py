@@ -1,0 +1,181 @@
+# -*- coding: utf-8 -*-
+# Copyright: liveupdate.qemu contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""A synchronous QMP session over qemu.qmp's asynchronous QMPClient.
+
+Only ``qemu.qmp.QMPClient`` (LGPL-2.0-or-later) is used; ``qemu.qmp.legacy``
+is GPL-2.0-only and must not be imported by this GPL-3.0-or-later collection.
+
+Every call has a deadline. Errors:
+
+    QMPError (LiveUpdateError)
+     +-- QMPSocketError      the path is missing or is not a unix socket
+     +-- QMPConnectError     nobody listens, or the peer does not speak QMP
+     +-- QMPTimeout          the peer did not answer in time
+     +-- QMPDisconnected     the peer went away during a call
+     +-- QMPCommandError     QEMU answered with an error (class, desc)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import time
+import traceback
+
+from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import LiveUpdateError
+
+try:
+    from qemu.qmp import ConnectError, EventListener, ExecInterruptedError, ExecuteError, QMPClient, StateError
+    from qemu.qmp.qmp_client import GreetingError, NegotiationError
+    HAS_QEMU_QMP = True
+    QEMU_QMP_IMPORT_ERROR = None
+except ImportError:
+    HAS_QEMU_QMP = False
+    QEMU_QMP_IMPORT_ERROR = traceback.format_exc()
+
+# The version the collection is tested with; the library's API is alpha.
+QEMU_QMP_REQUIREMENT = 'qemu.qmp==0.0.6'
+
+DEFAULT_TIMEOUT = 10.0
+
+
+class QMPError(LiveUpdateError):
+    """Base of the QMP errors; ``socket`` names the peer."""
+
+
+class QMPSocketError(QMPError):
+    pass
+
+
+class QMPConnectError(QMPError):
+    pass
+
+
+class QMPTimeout(QMPError):
+    pass
+
+
+class QMPDisconnected(QMPError):
+    pass
+
+
+class QMPCommandError(QMPError):
+    """QEMU refused a command; ``error_class`` and ``desc`` are QEMU's words."""
+
+    def __init__(self, command, error_class, desc, socket=None):
+        super().__init__(
+            'QMP command %s failed: %s: %s' % (command, error_class, desc),
+            command=command, error_class=error_class, desc=desc, socket=socket)
+        self.command = command
+        self.error_class = error_class
+        self.desc = desc
+
+
+def check_socket_path(path):
+    """Raise QMPSocketError unless ``path`` is an existing unix socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise QMPSocketError('QMP socket %s does not exist' % path, socket=path)
+    except OSError as exc:
+        raise QMPSocketError('QMP socket %s cannot be read: %s' % (path, exc.strerror), socket=path)
+    if not stat.S_ISSOCK(mode):
+        raise QMPSocketError('%s is not a unix socket' % path, socket=path)
+
+
+class QMPSession:
+    """One QMP connection to one QEMU, used synchronously.
+
+    Use as a context manager; events received after ``connect`` are kept
+    and can be waited for with ``wait_event``.
+    """
+
+    def __init__(self, path, timeout=DEFAULT_TIMEOUT):
+        self.path = path
+        self.timeout = float(timeout)
+        self._loop = None
+        self._client = None
+        self._listener = None
+
+    def __enter__(self):
+        self.connect()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _run(self, coro, timeout, what):
+        try:
+            return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
+        except asyncio.TimeoutError:
+            raise QMPTimeout('QMP peer %s did not answer %s within %.1fs' % (self.path, what, timeout),
+                             socket=self.path, timeout=timeout)
+
+    def connect(self):
+        check_socket_path(self.path)
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._run(self._connect(), self.timeout, 'the QMP greeting')
+        except ConnectError as exc:
+            self.close()
+            cause = exc.exc
+            if isinstance(cause, (GreetingError, NegotiationError)):
+                raise QMPConnectError('%s is not a QMP server: %s' % (self.path, cause), socket=self.path)
+            raise QMPConnectError('cannot connect to QMP socket %s: %s' % (self.path, cause), socket=self.path)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    async def _connect(self):
+        self._client = QMPClient(os.path.basename(self.path))
+        self._listener = EventListener()
+        self._client.register_listener(self._listener)
+        await self._client.connect(self.path)
+
+    def execute(self, command, arguments=None, timeout=None):
+        """Run one command; return its result or raise a QMPError."""
+        if self._client is None:
+            raise QMPDisconnected('QMP session to %s is not connected' % self.path, socket=self.path)
+        timeout = self.timeout if timeout is None else timeout
+        try:
+            return self._run(self._client.execute(command, arguments or None), timeout, command)
+        except ExecuteError as exc:
+            raise QMPCommandError(command, exc.error_class, exc.error.desc, socket=self.path)
+        except (ExecInterruptedError, StateError, EOFError, ConnectionError) as exc:
+            raise QMPDisconnected('QMP peer %s went away during %s: %s' % (self.path, command, exc),
+                                  socket=self.path, command=command)
+
+    def wait_event(self, names, timeout=None, match=None):
+        """Return the next event whose name is in ``names`` (and that ``match`` accepts)."""
+        names = {names} if isinstance(names, str) else set(names)
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise QMPTimeout('no %s event from %s in time' % ('/'.join(sorted(names)), self.path),
+                                 socket=self.path)
+            event = dict(self._run(self._listener.get(), remaining, 'with an event'))
+            if event.get('event') in names and (match is None or match(event)):
+                return event
+
+    def drain_events(self):
+        """Forget the events received so far and return them."""
+        self._loop.run_until_complete(asyncio.sleep(0))
+        return [dict(e) for e in self._listener.clear()]
+
+    def close(self):
+        if self._loop is None:
+            return
+        if self._client is not None:
+            try:
+                self._loop.run_until_complete(asyncio.wait_for(self._client.disconnect(), 5))
+            except Exception:  # pylint: disable=broad-except
+                # The peer may already be gone (e.g. after 'quit'); nothing to release.
+                pass
+        self._loop.close()
+        self._loop = None
+        self._client = None

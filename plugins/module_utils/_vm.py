@@ -1,0 +1,213 @@
+# -*- coding: utf-8 -*-
+# Copyright: liveupdate.qemu contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""A VM launched by this collection: its runtime directory, start and stop.
+
+Runtime directory (mode 0700), one per VM: ``qmp.sock``, ``qemu.pid``,
+``vm.json`` (spec and argv), ``serial.sock`` + ``serial.log``, ``qemu.log``
+(QEMU's stderr) and ``vnc.sock`` when VNC is on a unix socket.
+The process is found again through its memory file, which no other QEMU
+may name: that is also what keeps two processes off the same guest RAM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput, LiveUpdateError
+from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import QemuProcess, qemu_processes, wait_gone
+from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPError, QMPSession
+
+DEFAULT_RUNTIME_DIR = '/run/liveupdate-qemu'
+LAUNCH_TIMEOUT = 120
+
+
+class VmStartError(LiveUpdateError):
+    pass
+
+
+class RuntimePaths:
+    """Where the files of VM ``name`` live under ``runtime_dir``."""
+
+    def __init__(self, runtime_dir, name):
+        self.root = os.path.join(runtime_dir, name)
+        self.qmp_socket = os.path.join(self.root, 'qmp.sock')
+        self.pidfile = os.path.join(self.root, 'qemu.pid')
+        self.state_file = os.path.join(self.root, 'vm.json')
+        self.serial_socket = os.path.join(self.root, 'serial.sock')
+        self.serial_log = os.path.join(self.root, 'serial.log')
+        self.qemu_log = os.path.join(self.root, 'qemu.log')
+        self.vnc_socket = os.path.join(self.root, 'vnc.sock')
+
+    def read_state(self):
+        try:
+            with open(self.state_file) as handle:
+                return json.load(handle)
+        except (OSError, ValueError):
+            return None
+
+    def write_state(self, state):
+        tmp = self.state_file + '.tmp'
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, 'w') as handle:
+            json.dump(state, handle, indent=1, sort_keys=True)
+        os.rename(tmp, self.state_file)
+
+    def read_pid(self):
+        try:
+            with open(self.pidfile) as handle:
+                return int(handle.read().strip())
+        except (OSError, ValueError):
+            return None
+
+
+def users_of(memory_file, exclude_pid=None):
+    """QEMU processes whose command line names ``memory_file``."""
+    return [p for p in qemu_processes() if p.pid != exclude_pid and p.uses_file(memory_file)]
+
+
+class Vm:
+    """A VM under ``runtime_dir``: what is recorded about it and whether it runs."""
+
+    def __init__(self, runtime_dir, name):
+        self.name = name
+        self.paths = RuntimePaths(runtime_dir, name)
+        self.state = self.paths.read_state()
+
+    @property
+    def memory_file(self):
+        return self.state and self.state.get('memory_file')
+
+    def process(self):
+        """The live QEMU of this VM, or None. Identified by its memory file, which
+        survives a live update, and cross-checked against the pidfile when present."""
+        if not self.state:
+            return None
+        pid = self.paths.read_pid()
+        proc = QemuProcess.from_pid(pid) if pid else None
+        if proc is not None and proc.alive() and proc.uses_file(self.memory_file):
+            return proc
+        holders = users_of(self.memory_file)
+        return holders[0] if holders else None
+
+    def leftovers(self):
+        """True when files of a VM that no longer runs are still there."""
+        return os.path.exists(self.paths.root) or bool(self.memory_file and os.path.exists(self.memory_file))
+
+    def info(self, proc=None, status=None):
+        paths = self.paths
+        state = self.state or {}
+        return dict(name=self.name, pid=proc.pid if proc else None, status=status,
+                    runtime_dir=paths.root, qmp_socket=paths.qmp_socket, pidfile=paths.pidfile,
+                    serial_socket=paths.serial_socket if state.get('spec', {}).get('serial') else None,
+                    serial_log=paths.serial_log if state.get('spec', {}).get('serial') else None,
+                    memory_file=state.get('memory_file'), binary=proc.exe if proc else state.get('binary'),
+                    argv=proc.argv if proc else state.get('argv'))
+
+    def run_status(self, timeout):
+        """QEMU's run state ('running', 'paused', ...) over QMP."""
+        with QMPSession(self.paths.qmp_socket, timeout) as qmp:
+            return qmp.execute('query-status')['status']
+
+    # --- start ---
+
+    def start(self, spec, timeout):
+        """Create the memory file and runtime directory, launch QEMU daemonized,
+        wait for QMP. Any failure removes what was created."""
+        os.makedirs(os.path.dirname(self.paths.root), mode=0o755, exist_ok=True)
+        os.mkdir(self.paths.root, 0o700)
+        try:
+            fd = os.open(spec.memory_file, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            os.rmdir(self.paths.root)
+            raise InvalidInput('memory file %s already exists' % spec.memory_file)
+        os.close(fd)
+        argv = spec.argv(self.paths)
+        self.state = dict(spec=spec.as_dict(), argv=argv, binary=spec.binary, memory_file=spec.memory_file)
+        try:
+            self.paths.write_state(self.state)
+            self._launch(argv, timeout)
+            return self.process()
+        except BaseException:
+            self._kill_launched()
+            self.remove_files()
+            raise
+
+    def _kill_launched(self):
+        """After a failed start: end the QEMU that the pidfile names, if it is ours."""
+        proc = self.process()
+        if proc is not None:
+            os.kill(proc.pid, signal.SIGKILL)
+            wait_gone(proc.pid, 10)
+
+    def _launch(self, argv, timeout):
+        # Created first so that QEMU appends to files that are already 0600.
+        for path in (self.paths.qemu_log, self.paths.serial_log):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        with open(self.paths.qemu_log, 'ab') as log:
+            # -daemonize: QEMU reports start-up errors through its exit code and
+            # detaches once the machine is built.
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, check=False,
+                                  timeout=LAUNCH_TIMEOUT)
+        if proc.returncode != 0:
+            raise VmStartError('QEMU for VM %s exited with code %d at start: %s'
+                               % (self.name, proc.returncode, self._log_tail() or '(no output)'),
+                               argv=argv, rc=proc.returncode)
+        # A daemonized QEMU sets umask 027 for itself; sockets are for root alone.
+        for path in (self.paths.qmp_socket, self.paths.serial_socket, self.paths.vnc_socket):
+            if os.path.exists(path):
+                os.chmod(path, 0o600)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.run_status(timeout)
+            except QMPError as exc:
+                if time.monotonic() >= deadline:
+                    raise VmStartError('QEMU for VM %s started but its QMP socket did not answer: %s'
+                                       % (self.name, exc), argv=argv)
+                time.sleep(0.05)
+
+    def _log_tail(self, limit=2000):
+        try:
+            with open(self.paths.qemu_log, 'rb') as handle:
+                return handle.read().decode('utf-8', 'replace').strip()[-limit:]
+        except OSError:
+            return ''
+
+    # --- stop ---
+
+    def stop(self, proc, timeout, step_timeout):
+        """The shutdown ladder: QMP quit, SIGTERM, SIGKILL. Returns the step that worked."""
+        method = None
+        try:
+            with QMPSession(self.paths.qmp_socket, timeout) as qmp:
+                qmp.execute('quit')
+            method = 'quit'
+        except QMPError:
+            pass
+        if method and wait_gone(proc.pid, step_timeout):
+            return method
+        for method, sig in (('SIGTERM', signal.SIGTERM), ('SIGKILL', signal.SIGKILL)):
+            try:
+                os.kill(proc.pid, sig)
+            except ProcessLookupError:
+                return method
+            if wait_gone(proc.pid, step_timeout):
+                return method
+        raise LiveUpdateError('QEMU pid %d of VM %s survived SIGKILL' % (proc.pid, self.name), pid=proc.pid)
+
+    def remove_files(self):
+        """Remove the memory file and the runtime directory; QEMU must be gone."""
+        if self.memory_file and os.path.exists(self.memory_file):
+            if users_of(self.memory_file):
+                raise LiveUpdateError('refusing to remove %s: a QEMU still uses it' % self.memory_file)
+            os.unlink(self.memory_file)
+        if os.path.isdir(self.paths.root):
+            for entry in os.listdir(self.paths.root):
+                os.unlink(os.path.join(self.paths.root, entry))
+            os.rmdir(self.paths.root)

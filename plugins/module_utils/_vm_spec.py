@@ -1,0 +1,197 @@
+# -*- coding: utf-8 -*-
+# Copyright: liveupdate.qemu contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The spec of a live-updatable VM: validation, normalisation and the QEMU
+command line it becomes.
+
+Guest RAM is always a named ``memory-backend-file`` with ``share=on``, so a
+later live update can leave it in place (x-ignore-shared).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import QemuOpts
+from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput
+
+NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$')
+SIZE_RE = re.compile(r'^\s*(\d+)\s*([KMGT])(?:i?B)?\s*$', re.IGNORECASE)
+UNITS = {'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30, 'T': 1 << 40}
+MIB = 1 << 20
+
+DEFAULT_BINARY = 'qemu-system-x86_64'
+MEMORY_BACKEND_ID = 'mem0'
+
+# Spec keys whose change on a running VM is a conflict. The binary is not one:
+# moving a VM to another binary is what live_update is for.
+CONFLICTING_KEYS = ('memory', 'memory_dir', 'vcpus', 'machine', 'accel', 'cpu', 'kernel', 'initrd',
+                    'append', 'disks', 'nics', 'serial', 'vnc', 'extra_args')
+
+
+def validate_name(name):
+    if not name or '..' in name or not NAME_RE.match(name):
+        raise InvalidInput("VM name %r is not valid: use 1-64 letters, digits, '.', '_' or '-', "
+                           "starting with a letter or digit (no '/', no '..')" % (name,))
+    return name
+
+
+def parse_size(text, what='memory'):
+    """'512M', '4G', '1GiB' -> bytes. A unit is required: QEMU's bare numbers mean MiB, ours would be ambiguous."""
+    match = SIZE_RE.match(str(text))
+    if not match:
+        raise InvalidInput('%s %r is not a size: write a positive number with a unit, like 512M or 4G' % (what, text))
+    size = int(match.group(1)) * UNITS[match.group(2).upper()]
+    if size <= 0:
+        raise InvalidInput('%s %r must be larger than zero' % (what, text))
+    if size % MIB:
+        raise InvalidInput('%s %r must be a whole number of MiB' % (what, text))
+    return size
+
+
+def resolve_binary(binary):
+    """An absolute path to an executable QEMU binary, or InvalidInput."""
+    path = binary if os.sep in binary else shutil.which(binary)
+    if not path or not os.path.exists(path):
+        raise InvalidInput('QEMU binary %s does not exist' % binary)
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        raise InvalidInput('QEMU binary %s is not an executable file' % path)
+    return os.path.abspath(path)
+
+
+def _existing_file(path, what):
+    if not os.path.isfile(path):
+        raise InvalidInput('%s %s does not exist or is not a file' % (what, path))
+    return os.path.abspath(path)
+
+
+class VmSpec:
+    """A validated VM spec. ``as_dict()`` is what is stored and compared."""
+
+    def __init__(self, params):
+        self.name = validate_name(params['name'])
+        self.memory = parse_size(params['memory'])
+        self.memory_dir = os.path.abspath(params['memory_dir'])
+        self.binary = params['binary']
+        self.vcpus = params['vcpus']
+        if self.vcpus < 1:
+            raise InvalidInput('vcpus must be at least 1, got %d' % self.vcpus)
+        self.machine = params['machine']
+        self.accel = list(params['accel'])
+        self.cpu = params.get('cpu')
+        self.kernel = params.get('kernel')
+        self.initrd = params.get('initrd')
+        self.append = params.get('append')
+        if (self.initrd or self.append) and not self.kernel:
+            raise InvalidInput('initrd and append need kernel')
+        self.disks = [self._disk(d) for d in params.get('disks') or []]
+        self.nics = [self._nic(n) for n in params.get('nics') or []]
+        self.serial = params['serial']
+        self.vnc = params.get('vnc')
+        self.extra_args = list(params.get('extra_args') or [])
+
+    @staticmethod
+    def _disk(disk):
+        disk = dict(disk)
+        if not disk.get('format'):
+            disk['format'] = 'qcow2' if disk['path'].endswith('.qcow2') else 'raw'
+        return disk
+
+    @staticmethod
+    def _nic(nic):
+        nic = dict((k, v) for k, v in nic.items() if v not in (None, []))
+        if nic['type'] == 'tap' and not nic.get('ifname'):
+            raise InvalidInput('a tap NIC needs ifname')
+        if nic.get('hostfwd') and nic['type'] != 'user':
+            raise InvalidInput('hostfwd is only for user-mode NICs (type: user)')
+        return nic
+
+    def check_files(self):
+        """Validate what lives on disk (binary, kernel, images); resolves paths."""
+        self.binary = resolve_binary(self.binary)
+        for attr in ('kernel', 'initrd'):
+            if getattr(self, attr):
+                setattr(self, attr, _existing_file(getattr(self, attr), attr))
+        for disk in self.disks:
+            disk['path'] = _existing_file(disk['path'], 'disk image')
+
+    def check_memory_dir(self, reuse_bytes=0):
+        """The memory directory exists and has room for the guest RAM."""
+        if not os.path.isdir(self.memory_dir):
+            raise InvalidInput('memory_dir %s does not exist or is not a directory' % self.memory_dir)
+        stat = os.statvfs(self.memory_dir)
+        free = stat.f_bavail * stat.f_frsize + reuse_bytes
+        if free < self.memory:
+            raise InvalidInput('memory_dir %s has %d MiB free, the guest RAM needs %d MiB'
+                               % (self.memory_dir, free // MIB, self.memory // MIB),
+                               free_bytes=free, memory_bytes=self.memory)
+
+    @property
+    def memory_file(self):
+        return os.path.join(self.memory_dir, 'liveupdate-qemu-%s.ram' % self.name)
+
+    def as_dict(self):
+        return dict(name=self.name, memory=self.memory, memory_dir=self.memory_dir, binary=self.binary,
+                    vcpus=self.vcpus, machine=self.machine, accel=self.accel, cpu=self.cpu,
+                    kernel=self.kernel, initrd=self.initrd, append=self.append, disks=self.disks,
+                    nics=self.nics, serial=self.serial, vnc=self.vnc, extra_args=self.extra_args)
+
+    def conflicts_with(self, stored):
+        """The keys whose value differs from a stored spec (of a running VM)."""
+        mine = self.as_dict()
+        return [key for key in CONFLICTING_KEYS if stored.get(key) != mine[key]]
+
+    def argv(self, paths):
+        """The QEMU command line; ``paths`` is the VM's RuntimePaths."""
+        mem_mib = self.memory // MIB
+        argv = [self.binary,
+                '-name', QemuOpts([('guest', self.name)]).format(),
+                '-nodefaults', '-no-user-config', '-display', 'none',
+                '-machine', QemuOpts([(None, self.machine), ('memory-backend', MEMORY_BACKEND_ID)]).format(),
+                '-m', '%dM' % mem_mib,
+                '-object', QemuOpts([(None, 'memory-backend-file'), ('id', MEMORY_BACKEND_ID),
+                                     ('size', '%dM' % mem_mib), ('mem-path', self.memory_file),
+                                     ('share', 'on')]).format(),
+                '-smp', str(self.vcpus),
+                '-qmp', 'unix:%s,server=on,wait=off' % paths.qmp_socket.replace(',', ',,'),
+                '-pidfile', paths.pidfile]
+        for accel in self.accel:
+            argv += ['-accel', accel]
+        if self.cpu:
+            argv += ['-cpu', self.cpu]
+        if self.serial:
+            argv += ['-chardev', QemuOpts([(None, 'socket'), ('id', 'serial0'), ('path', paths.serial_socket),
+                                           ('server', 'on'), ('wait', 'off'), ('logfile', paths.serial_log),
+                                           ('logappend', 'on')]).format(),
+                     '-serial', 'chardev:serial0']
+        for attr in ('kernel', 'initrd', 'append'):
+            if getattr(self, attr):
+                argv += ['-' + attr, getattr(self, attr)]
+        for index, disk in enumerate(self.disks):
+            argv += ['-drive', QemuOpts([('file', disk['path']), ('format', disk['format']),
+                                         ('if', disk['interface']), ('id', 'disk%d' % index),
+                                         ('cache', disk['cache'])]).format()]
+        for index, nic in enumerate(self.nics):
+            argv += self._nic_args(index, nic)
+        if self.vnc:
+            target = 'unix:%s' % paths.vnc_socket if self.vnc == 'unix' else self.vnc
+            argv += ['-vga', 'std', '-vnc', target]
+        return argv + ['-daemonize'] + self.extra_args
+
+    @staticmethod
+    def _nic_args(index, nic):
+        netdev = 'net%d' % index
+        if nic['type'] == 'user':
+            items = [(None, 'user'), ('id', netdev)] + [('hostfwd', rule) for rule in nic.get('hostfwd', [])]
+        else:
+            items = [(None, 'tap'), ('id', netdev), ('ifname', nic['ifname']), ('script', 'no'),
+                     ('downscript', 'no')]
+            if nic.get('queues'):
+                items.append(('queues', str(nic['queues'])))
+        device = [(None, nic.get('model', 'virtio-net-pci')), ('netdev', netdev)]
+        if nic.get('mac'):
+            device.append(('mac', nic['mac']))
+        return ['-netdev', QemuOpts(items).format(), '-device', QemuOpts(device).format()]

@@ -1,0 +1,144 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: liveupdate.qemu contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+---
+module: vm_info
+short_description: Find the QEMU VMs on a host and tell which can be live-updated
+version_added: 0.1.0
+description:
+  - Lists every QEMU process on the host, launched by M(liveupdate.qemu.vm) or not.
+  - For each process with a unix QMP socket it asks QEMU for its version, run state, resolved machine type,
+    migration state and capabilities, and memory backends (size, C(share), path and the filesystem of the path).
+  - A VM is C(outdated) when its binary was deleted or replaced on disk, or when its QEMU version or package
+    differs from the target binary's.
+  - A VM is C(eligible) for a device-state-only live update when it runs or is paused, no migration is under way,
+    all its RAM is in C(memory-backend-file) objects with C(share=on), its QEMU knows C(x-ignore-shared) and
+    C(postcopy-ram) is off. Otherwise C(ineligible_reasons) says why.
+options:
+  target_binary:
+    description:
+      - The QEMU binary VMs should run. When omitted, each VM is compared with the binary of the same name found
+        in C(PATH) (the installed one).
+    type: str
+  query:
+    description:
+      - A JMESPath expression applied to the list of VMs; the result replaces O(ignore:vms).
+      - For example C([?outdated && eligible]) or C([?name=='web1']).
+    type: str
+extends_documentation_fragment:
+  - liveupdate.qemu.common
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.info_module
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: N/A
+  platform:
+    platforms: posix
+requirements:
+  - jmespath (for O(query))
+seealso:
+  - module: liveupdate.qemu.vm
+author:
+  - liveupdate.qemu maintainers
+'''
+
+EXAMPLES = r'''
+- name: Every QEMU on the host
+  liveupdate.qemu.vm_info:
+  register: host_vms
+
+- name: The VMs that run an outdated QEMU and can be updated in place
+  liveupdate.qemu.vm_info:
+    target_binary: /opt/qemu/7.2.19/bin/qemu-system-x86_64
+    query: "[?outdated && eligible].name"
+  register: to_update
+'''
+
+RETURN = r'''
+vms:
+  description: One entry per QEMU process, or what O(query) made of that list.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name: {description: VM name from C(-name)., type: str, returned: always}
+    pid: {description: Process id., type: int, returned: always}
+    managed: {description: Whether M(liveupdate.qemu.vm) launched it., type: bool, returned: always}
+    runtime_dir: {description: Its runtime directory when managed., type: str, returned: always}
+    qmp_socket: {description: The unix QMP socket used; null when it has none., type: str, returned: always}
+    argv: {description: Command line., type: list, elements: str, returned: always}
+    binary:
+      description: The binary the process runs, C(deleted) and C(replaced) on disk since it started.
+      type: dict
+      returned: always
+      sample: {"path": "/usr/bin/qemu-system-x86_64", "deleted": true, "replaced": false}
+    running:
+      description: QEMU version and package of the process (C(query-version)).
+      type: dict
+      returned: always
+      sample: {"version": "7.2.19", "package": "Debian 1:7.2+dfsg-7+deb12u15"}
+    target:
+      description: Path, version and package of the target binary.
+      type: dict
+      returned: always
+    outdated: {description: Whether the VM should move to the target binary., type: bool, returned: always}
+    outdated_reasons: {description: Why it is outdated., type: list, elements: str, returned: always}
+    machine: {description: Resolved machine type, e.g. C(pc-i440fx-7.2)., type: str, returned: always}
+    status: {description: Run state (C(query-status))., type: str, returned: always}
+    migration: {description: Migration state (C(query-migrate)), C(none) when never migrated., type: str, returned: always}
+    capabilities: {description: Migration capabilities and their state., type: dict, returned: always}
+    memory_backends:
+      description: Memory backends with C(id), C(type), C(size), C(share), C(path) and C(filesystem).
+      type: list
+      elements: dict
+      returned: always
+    ram_size: {description: Guest RAM in bytes (base and plugged)., type: int, returned: always}
+    eligible: {description: Whether a device-state-only live update is possible now., type: bool, returned: always}
+    ineligible_reasons: {description: Why not., type: list, elements: str, returned: always}
+    qmp_error: {description: Why QMP could not be asked, if so., type: str, returned: always}
+'''
+
+import traceback
+
+from ansible.module_utils.basic import missing_required_lib
+
+from ansible_collections.liveupdate.qemu.plugins.module_utils._discovery import discover
+from ansible_collections.liveupdate.qemu.plugins.module_utils._module import LiveUpdateModule
+
+try:
+    import jmespath
+    HAS_JMESPATH = True
+    JMESPATH_IMPORT_ERROR = None
+except ImportError:
+    HAS_JMESPATH = False
+    JMESPATH_IMPORT_ERROR = traceback.format_exc()
+
+
+def main():
+    module = LiveUpdateModule(argument_spec=dict(target_binary=dict(type='str'), query=dict(type='str')),
+                              supports_check_mode=True)
+    query = module.params['query']
+    if query and not HAS_JMESPATH:
+        module.fail_json(msg=missing_required_lib('jmespath'), exception=JMESPATH_IMPORT_ERROR)
+    try:
+        compiled = jmespath.compile(query) if query else None
+    except jmespath.exceptions.JMESPathError as exc:
+        module.fail_json(msg='query %r is not valid JMESPath: %s' % (query, exc))
+
+    def work():
+        vms = discover(module.params['runtime_dir'], module.params['target_binary'], module.params['timeout'])
+        return dict(changed=False, vms=compiled.search(vms) if compiled else vms)
+
+    module.run(work)
+
+
+if __name__ == '__main__':
+    main()
