@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: liveupdate.qemu contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """A model of a QEMU command line: options, their key=value lists, and the
 resources they name (QMP sockets, memory backends, pidfile, VM name).
@@ -20,6 +20,8 @@ FLAG_OPTIONS = frozenset((
     'nodefaults', 'no-user-config', 'full-screen', 'no-hpet', 'no-acpi', 'win2k-hack', 'usb',
     'only-migratable', 'preconfig', 'no-fd-bootchk', 'no-quit', 'alt-grab', 'ctrl-grab',
     'enable-sync-profile', 'semihosting', 'version', 'help', 'h', 'xen-attach', 'rtc-td-hack',
+    'mem-prealloc', 'singlestep', 'one-insn-per-tb', 'portrait', 'xen-domid-restrict', 'audio-help',
+    'perfmap', 'jitdump',
 ))
 
 # The implied first key of the options whose values start with a bare word.
@@ -181,21 +183,22 @@ class QemuCommandLine:
         """{chardev id: unix socket path} for server-side unix socket chardevs."""
         found = {}
         for opts in self.opts('chardev'):
-            if opts.head() in ('socket', 'unix') and opts.get('path') and opts.get('id'):
+            server = is_on(opts.get('server', 'off'))
+            if opts.head() in ('socket', 'unix') and server and opts.get('path') and opts.get('id'):
                 found[opts.get('id')] = opts.get('path')
         return found
 
     def qmp_sockets(self):
         """Unix socket paths of the QMP monitors, in command-line order."""
-        paths = []
-        for name in ('qmp', 'qmp-pretty'):
-            for value in self.values(name):
-                if value and value.startswith('unix:'):
-                    paths.append(QemuOpts.parse(value[len('unix:'):]).head())
         sockets = self.chardev_sockets()
-        for opts in self.opts('mon'):
-            if opts.get('mode') == 'control' and opts.get('chardev') in sockets:
-                paths.append(sockets[opts.get('chardev')])
+        paths = []
+        for name, value in self.options:
+            if name in ('qmp', 'qmp-pretty') and value and value.startswith('unix:'):
+                paths.append(QemuOpts.parse(value[len('unix:'):]).head())
+            elif name == 'mon' and value:
+                opts = QemuOpts.parse(value)
+                if opts.get('mode') == 'control' and opts.get('chardev') in sockets:
+                    paths.append(sockets[opts.get('chardev')])
         return [p for p in paths if p]
 
     def memory_backends(self):

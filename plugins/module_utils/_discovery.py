@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: liveupdate.qemu contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """VM discovery: every QEMU process on the host, what it runs, and whether it
 can be live-updated by moving device state only (x-ignore-shared)."""
@@ -121,9 +121,10 @@ def inspect(proc, runtime_dir, target_binary=None, timeout=5.0, version_cache=No
             managed = paths.root
             sockets = [paths.qmp_socket] + [s for s in sockets if s != paths.qmp_socket]
     target_path = find_target(proc.exe, target_binary)
+    binary_state = proc.binary_state()
     vm = dict(pid=proc.pid, name=name, argv=proc.argv, managed=managed is not None, runtime_dir=managed,
               qmp_socket=sockets[0] if sockets else None,
-              binary=dict(path=proc.exe, deleted=proc.exe_deleted, replaced=proc.binary_replaced()),
+              binary=dict(path=proc.exe, deleted=binary_state == 'deleted', replaced=binary_state == 'replaced'),
               target=binary_version(target_path, version_cache) if target_path else None,
               running=None, machine=None, status=None, migration=None, capabilities={}, memory_backends=[],
               ram_size=None, qmp_error=None)

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: liveupdate.qemu contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """What every module of the collection shares: the common options, the
 qemu.qmp requirement, the QMP target, and the one failure path."""
@@ -67,6 +67,8 @@ class LiveUpdateModule(AnsibleModule):
             result = work()
         except LiveUpdateError as exc:
             self.fail_from(exc)
+        for warning in result.pop('warnings', []):
+            self.warn(warning)
         self.exit_json(**result)
 
 

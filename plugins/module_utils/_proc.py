@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: liveupdate.qemu contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """QEMU processes as /proc shows them: argv, binary (deleted or replaced),
 liveness, and the filesystem a path lives on."""
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import QemuCommandLine
+from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import QemuCommandLine, QemuOpts
 
 DELETED_SUFFIX = ' (deleted)'
 
@@ -44,20 +44,28 @@ class QemuProcess:
             return None
         return cls(pid, argv, exe)
 
-    def binary_replaced(self):
-        """True when the path the process was started from now holds another file."""
-        if self.exe_deleted:
-            return False
+    def binary_state(self):
+        """'current', 'replaced' (another file now sits at the path: what a package
+        upgrade does, renaming a new file over the running one) or 'deleted'."""
         try:
-            running = os.stat('/proc/%d/exe' % self.pid)
             on_disk = os.stat(self.exe)
         except OSError:
-            return False
-        return (running.st_dev, running.st_ino) != (on_disk.st_dev, on_disk.st_ino)
+            return 'deleted'
+        if self.exe_deleted:
+            return 'replaced'
+        try:
+            running = os.stat('/proc/%d/exe' % self.pid)
+        except OSError:
+            return 'current'
+        return 'current' if (running.st_dev, running.st_ino) == (on_disk.st_dev, on_disk.st_ino) else 'replaced'
 
     def uses_file(self, path):
-        """True when the command line names ``path`` (a memory file, a socket)."""
-        return any(path in arg for arg in self.argv)
+        """True when the command line names ``path`` (a memory file, a socket) as
+        an argument or as the value of an option key."""
+        for arg in self.argv:
+            if arg == path or any(value == path for dummy, value in QemuOpts.parse(arg).items):
+                return True
+        return False
 
     def alive(self):
         return process_alive(self.pid)

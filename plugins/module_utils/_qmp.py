@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: liveupdate.qemu contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """A synchronous QMP session over qemu.qmp's asynchronous QMPClient.
 
@@ -122,7 +122,7 @@ class QMPSession:
         except ConnectError as exc:
             self.close()
             cause = exc.exc
-            if isinstance(cause, (GreetingError, NegotiationError)):
+            if isinstance(cause, (GreetingError, NegotiationError, ValueError)):
                 raise QMPConnectError('%s is not a QMP server: %s' % (self.path, cause), socket=self.path)
             raise QMPConnectError('cannot connect to QMP socket %s: %s' % (self.path, cause), socket=self.path)
         except BaseException:
@@ -144,7 +144,7 @@ class QMPSession:
         try:
             return self._run(self._client.execute(command, arguments or None), timeout, command)
         except ExecuteError as exc:
-            raise QMPCommandError(command, exc.error_class, exc.error.desc, socket=self.path)
+            raise QMPCommandError(command, exc.error_class, exc.error.error.desc, socket=self.path)
         except (ExecInterruptedError, StateError, EOFError, ConnectionError) as exc:
             raise QMPDisconnected('QMP peer %s went away during %s: %s' % (self.path, command, exc),
                                   socket=self.path, command=command)

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: liveupdate.qemu contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The verbs of the vm module: bring a VM to state running or stopped."""
 
@@ -65,9 +65,10 @@ class VmManager:
             requested = resolve_binary(self.params['binary'])
         except InvalidInput:
             requested = None
-        if requested != running_binary or proc.exe_deleted:
+        state = proc.binary_state()
+        if requested != running_binary or state != 'current':
             self.warnings.append('VM %s runs %s%s, not %s; use liveupdate.qemu.live_update to move it'
-                                 % (self.vm.name, running_binary, ' (deleted)' if proc.exe_deleted else '',
+                                 % (self.vm.name, running_binary, '' if state == 'current' else ' (%s)' % state,
                                     self.params['binary']))
 
     def _refuse_duplicates(self, spec):

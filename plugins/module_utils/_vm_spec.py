@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: liveupdate.qemu contributors
-# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The spec of a live-updatable VM: validation, normalisation and the QEMU
 command line it becomes.
@@ -18,7 +18,7 @@ import shutil
 from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import QemuOpts
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput
 
-NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$')
+NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63}')
 SIZE_RE = re.compile(r'^\s*(\d+)\s*([KMGT])(?:i?B)?\s*$', re.IGNORECASE)
 UNITS = {'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30, 'T': 1 << 40}
 MIB = 1 << 20
@@ -33,7 +33,7 @@ CONFLICTING_KEYS = ('memory', 'memory_dir', 'vcpus', 'machine', 'accel', 'cpu', 
 
 
 def validate_name(name):
-    if not name or '..' in name or not NAME_RE.match(name):
+    if not name or '..' in name or not NAME_RE.fullmatch(name):
         raise InvalidInput("VM name %r is not valid: use 1-64 letters, digits, '.', '_' or '-', "
                            "starting with a letter or digit (no '/', no '..')" % (name,))
     return name
@@ -62,6 +62,10 @@ def resolve_binary(binary):
     return os.path.abspath(path)
 
 
+def _abspath(path):
+    return os.path.abspath(path) if path else path
+
+
 def _existing_file(path, what):
     if not os.path.isfile(path):
         raise InvalidInput('%s %s does not exist or is not a file' % (what, path))
@@ -82,8 +86,8 @@ class VmSpec:
         self.machine = params['machine']
         self.accel = list(params['accel'])
         self.cpu = params.get('cpu')
-        self.kernel = params.get('kernel')
-        self.initrd = params.get('initrd')
+        self.kernel = _abspath(params.get('kernel'))
+        self.initrd = _abspath(params.get('initrd'))
         self.append = params.get('append')
         if (self.initrd or self.append) and not self.kernel:
             raise InvalidInput('initrd and append need kernel')
@@ -95,7 +99,7 @@ class VmSpec:
 
     @staticmethod
     def _disk(disk):
-        disk = dict(disk)
+        disk = dict(disk, path=os.path.abspath(disk['path']))
         if not disk.get('format'):
             disk['format'] = 'qcow2' if disk['path'].endswith('.qcow2') else 'raw'
         return disk
@@ -177,7 +181,7 @@ class VmSpec:
         for index, nic in enumerate(self.nics):
             argv += self._nic_args(index, nic)
         if self.vnc:
-            target = 'unix:%s' % paths.vnc_socket if self.vnc == 'unix' else self.vnc
+            target = 'unix:%s' % paths.vnc_socket.replace(',', ',,') if self.vnc == 'unix' else self.vnc
             argv += ['-vga', 'std', '-vnc', target]
         return argv + ['-daemonize'] + self.extra_args
 
