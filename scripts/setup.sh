@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Prepare this checkout for the demo and the tests, on Debian 12 as root. Idempotent: a second
+# run changes nothing and takes a few seconds.
+#
+#   1. Debian packages (apt-get update only when a package is missing)
+#   2. .venv from requirements-dev.txt (rebuilt when that file or the interpreter changes)
+#   3. the test guest in .cache/guest (tools/build-guest.sh)
+#   4. the oldest QEMU build staged in .cache/qemu (tools/stage-qemu.sh)
+#   5. the collection built with `ansible-galaxy collection build` into .build/, that tarball
+#      installed into .build/collections, and `ansible-doc` run on every module of it
+#   6. .build/env.sh, to `source` for PATH, ANSIBLE_COLLECTIONS_PATH, LIVEUPDATE_GUEST_DIR,
+#      LIVEUPDATE_OLD_QEMU and PYTHONPATH
+#
+# Environment:
+#   LIVEUPDATE_PYTHON    interpreter for .venv (default /usr/bin/python3; must be >= 3.11)
+#   LIVEUPDATE_OLD_QEMU  only read when tools/stage-qemu.sh does not exist: the old QEMU to use
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$LU_ROOT"
+
+DEB_PACKAGES=(
+    qemu-system-x86 # the hypervisor the modules drive
+    qemu-utils      # qemu-img
+    busybox-static  # the test guest's userland (tools/build-guest.sh)
+    cpio            # the guest's initramfs
+    xz-utils        # unpacking .debs (tools/)
+    python3 python3-venv python3-pip
+    git            # the file list of the sanity copy (scripts/test.sh)
+    openssh-client # ansible's ssh connection for remote hypervisors
+    rsync          # the sanity copy (scripts/test.sh)
+    shellcheck     # ansible-test sanity's shellcheck test on scripts/ and tools/
+)
+
+missing_packages() {
+    local pkg
+    for pkg in "${DEB_PACKAGES[@]}"; do
+        [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null) == 'ii ' ]] || printf '%s\n' "$pkg"
+    done
+}
+
+install_packages() {
+    local missing
+    mapfile -t missing < <(missing_packages)
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        log "Debian packages: all present"
+        return
+    fi
+    [[ $EUID -eq 0 ]] || die "missing Debian packages (${missing[*]}); run as root to install them"
+    log "Debian packages: installing ${missing[*]}"
+    # Refresh the lists first when there are none (a fresh machine), and once more when the
+    # install fails on stale lists.
+    if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
+        apt-get update -q
+    fi
+    if ! apt-get install -y -q --no-install-recommends "${missing[@]}"; then
+        log "apt-get install failed; refreshing the package lists and trying again"
+        apt-get update -q
+        apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+}
+
+make_venv() {
+    local python=${LIVEUPDATE_PYTHON:-/usr/bin/python3} version stamp
+    command -v "$python" >/dev/null || die "Python interpreter $python not found (set LIVEUPDATE_PYTHON)"
+    version=$("$python" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')
+    "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+        die "$python is Python $version; ansible-core 2.19 needs Python >= 3.11 (set LIVEUPDATE_PYTHON)"
+    "$python" -c 'import ensurepip, venv' 2>/dev/null ||
+        die "$python cannot create virtual environments (on Debian: apt-get install python3-venv)"
+
+    stamp="python=$(readlink -f "$(command -v "$python")") $version requirements=$(sha256sum requirements-dev.txt | cut -d' ' -f1)"
+    if [[ -x $LU_VENV/bin/python && -r $LU_VENV/.setup-stamp && $(<"$LU_VENV/.setup-stamp") == "$stamp" ]] &&
+        "$LU_VENV/bin/python" -c '' 2>/dev/null; then
+        log ".venv: up to date (Python $version)"
+        return
+    fi
+    log ".venv: creating with $python (Python $version) from requirements-dev.txt"
+    rm -rf "$LU_VENV"
+    "$python" -m venv "$LU_VENV"
+    # -qq: this machine's pip configuration names local package indexes that may not exist, and
+    # pip warns about each of them for every package; errors still show.
+    "$LU_VENV/bin/python" -m pip install -qq -r requirements-dev.txt
+    "$LU_VENV/bin/python" -m pip check
+    printf '%s\n' "$stamp" >"$LU_VENV/.setup-stamp"
+}
+
+build_guest() {
+    [[ -x tools/build-guest.sh ]] ||
+        die "tools/build-guest.sh is missing or not executable: the test guest cannot be built"
+    log "test guest: tools/build-guest.sh .cache/guest"
+    tools/build-guest.sh "$LU_CACHE/guest"
+    local f
+    for f in vmlinuz initramfs.gz guest.json; do
+        [[ -s $LU_CACHE/guest/$f ]] || die "tools/build-guest.sh left no $LU_CACHE/guest/$f"
+    done
+    GUEST_DIR=$LU_CACHE/guest
+}
+
+stage_old_qemu() {
+    if [[ ! -e tools/stage-qemu.sh ]]; then
+        if [[ -n ${LIVEUPDATE_OLD_QEMU:-} && -x ${LIVEUPDATE_OLD_QEMU:-} ]]; then
+            log "WARNING: tools/stage-qemu.sh does not exist; using LIVEUPDATE_OLD_QEMU=$LIVEUPDATE_OLD_QEMU from the environment"
+            OLD_QEMU=$LIVEUPDATE_OLD_QEMU
+            return
+        fi
+        die "tools/stage-qemu.sh does not exist: the old QEMU build cannot be staged (or set LIVEUPDATE_OLD_QEMU to an executable QEMU)"
+    fi
+    log "old QEMU: tools/stage-qemu.sh --oldest .cache/qemu"
+    local out
+    out=$(bash tools/stage-qemu.sh --oldest "$LU_CACHE/qemu")
+    OLD_QEMU=$(printf '%s\n' "$out" | awk 'NF { last = $0 } END { print last }')
+    [[ -n $OLD_QEMU && -x $OLD_QEMU ]] ||
+        die "tools/stage-qemu.sh printed no executable wrapper path (its output: ${out:-nothing})"
+    "$OLD_QEMU" --version | head -n1 | sed 's/^/[setup] old QEMU: /' >&2
+}
+
+# sha256 over the names and contents of the files git would ship (tracked and untracked but not
+# ignored), plus this script: the build is redone when any of them changes.
+source_digest() {
+    if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        git ls-files -co --exclude-standard -z |
+            while IFS= read -r -d '' f; do [[ -f $f ]] && printf '%s\0' "$f"; done |
+            sort -z | xargs -0 -r sha256sum
+    else
+        date +%s%N # not a git checkout: always rebuild
+    fi
+    sha256sum "${BASH_SOURCE[0]}" galaxy.yml
+}
+
+build_collection() {
+    local digest stamp=$LU_BUILD/.collection-stamp tarball modules=() m
+    export ANSIBLE_COLLECTIONS_PATH=$LU_BUILD/collections
+    digest=$(source_digest | sha256sum | cut -d' ' -f1)
+    if [[ -r $stamp && $(<"$stamp") == "$digest" && -d $ANSIBLE_COLLECTIONS_PATH/ansible_collections/liveupdate/qemu ]]; then
+        log "collection: built and installed, sources unchanged"
+        return
+    fi
+    rm -f "$stamp" "$LU_BUILD"/liveupdate-qemu-*.tar.gz
+    mkdir -p "$LU_BUILD"
+    log "collection: ansible-galaxy collection build"
+    ansible-galaxy collection build --force --output-path "$LU_BUILD" .
+    tarball=$(compgen -G "$LU_BUILD/liveupdate-qemu-*.tar.gz") || die "ansible-galaxy collection build left no tarball"
+    log "collection: installing $(basename "$tarball") into .build/collections"
+    rm -rf "$ANSIBLE_COLLECTIONS_PATH"
+    ansible-galaxy collection install --offline --force -p "$ANSIBLE_COLLECTIONS_PATH" "$tarball"
+
+    # Every module of the installed artifact must have documentation ansible-doc can render.
+    for m in "$ANSIBLE_COLLECTIONS_PATH"/ansible_collections/liveupdate/qemu/plugins/modules/*.py; do
+        modules+=("liveupdate.qemu.$(basename "$m" .py)")
+    done
+    [[ -f $ANSIBLE_COLLECTIONS_PATH/ansible_collections/liveupdate/qemu/plugins/modules/vm.py ]] ||
+        die "the installed collection has no module vm"
+    ansible-doc --json "${modules[@]}" >"$LU_BUILD/ansible-doc.json" ||
+        die "ansible-doc cannot render the documentation of the installed collection (see above)"
+    python - "$LU_BUILD/ansible-doc.json" "${modules[@]}" <<'PY' || die "ansible-doc: see above"
+import json, sys
+docs = json.load(open(sys.argv[1]))
+missing = [m for m in sys.argv[2:] if not docs.get(m, {}).get('doc', {}).get('short_description')]
+if missing:
+    sys.exit('no documentation rendered for: %s' % ', '.join(missing))
+PY
+    rm -f "$LU_BUILD/ansible-doc.json"
+    log "collection: ansible-doc renders ${modules[*]}"
+    printf '%s\n' "$digest" >"$stamp"
+}
+
+write_env() {
+    local tmp=$LU_ENV_SH.tmp
+    cat >"$tmp" <<EOF
+# Written by scripts/setup.sh; \`source .build/env.sh\` to use the environment of the tests.
+case ":\$PATH:" in
+*":$LU_VENV/bin:"*) ;;
+*) export PATH="$LU_VENV/bin:\$PATH" ;;
+esac
+export VIRTUAL_ENV="$LU_VENV"
+# The installed artifact of the collection (ansible-playbook, ansible-doc, integration tests).
+export ANSIBLE_COLLECTIONS_PATH="$LU_BUILD/collections"
+# The same tree on the Python path, for the unit tests' imports of ansible_collections.*.
+export PYTHONPATH="$LU_BUILD/collections"
+export LIVEUPDATE_GUEST_DIR="$GUEST_DIR"
+export LIVEUPDATE_OLD_QEMU="$OLD_QEMU"
+EOF
+    mv "$tmp" "$LU_ENV_SH"
+    log "wrote .build/env.sh"
+}
+
+lu_stage packages install_packages
+lu_stage venv make_venv
+export PATH=$LU_VENV/bin:$PATH VIRTUAL_ENV=$LU_VENV
+lu_stage guest build_guest
+lu_stage old-qemu stage_old_qemu
+lu_stage collection build_collection
+write_env
+lu_summary
