@@ -13,6 +13,7 @@ implied key (``-object memory-backend-file,...``, ``-chardev socket,...``).
 from __future__ import annotations
 
 import json
+import re
 
 # Options that take no argument (everything else takes exactly one).
 FLAG_OPTIONS = frozenset((
@@ -103,6 +104,20 @@ class QemuOpts:
 
     def as_dict(self, implied=None):
         return dict(((implied if k is None else k), v) for k, v in self.items)
+
+
+# A live update gives the new QEMU its own socket and pidfile paths, PATH.lu-TOKEN,
+# and renames them to PATH once the old QEMU is gone; its argv keeps the temporary names.
+TEMP_SUFFIX_RE = re.compile(r'\.lu-[0-9a-f]{8}$')
+
+
+def temp_path(path, token):
+    return '%s.lu-%s' % (canonical_path(path), token)
+
+
+def canonical_path(path):
+    """The name a live update gave a path back (PATH.lu-TOKEN -> PATH)."""
+    return TEMP_SUFFIX_RE.sub('', path)
 
 
 def _json_scalar(value):

@@ -7,11 +7,14 @@ can be live-updated by moving device state only (x-ignore-shared)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 
+from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import canonical_path
+from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import filesystem_of, qemu_processes
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPError, QMPSession
 from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import RuntimePaths
@@ -43,6 +46,39 @@ def binary_version(path, cache=None):
     return info
 
 
+def probe_binary(path, timeout=30):
+    """Start ``path`` with no machine and ask it over QMP on stdio what it supports:
+    {'path', 'version', 'package', 'capabilities': [...], 'machines': [...]}."""
+    commands = [('qmp_capabilities', None), ('query-version', None), ('query-migrate-capabilities', None),
+                ('query-machines', None), ('quit', None)]
+    script = ''.join(json.dumps({'execute': c, 'id': i}) + '\n' for i, (c, dummy) in enumerate(commands))
+    argv = [path, '-machine', 'none', '-nodefaults', '-display', 'none', '-S', '-qmp', 'stdio']
+    try:
+        proc = subprocess.run(argv, input=script, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise InvalidInput('target binary %s cannot run: %s' % (path, exc))
+    replies = {}
+    for line in proc.stdout.splitlines():
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(msg, dict) and 'return' in msg and 'id' in msg:
+            replies[msg['id']] = msg['return']
+    if not all(i in replies for i in (1, 2, 3)):
+        raise InvalidInput('target binary %s did not answer QMP queries (exit %s): %s'
+                           % (path, proc.returncode, (proc.stderr or proc.stdout).strip()[-500:]))
+    version = replies[1]['qemu']
+    machines = set()
+    for machine in replies[3]:
+        machines.add(machine['name'])
+        if machine.get('alias'):
+            machines.add(machine['alias'])
+    return dict(path=path, version='%d.%d.%d' % (version['major'], version['minor'], version['micro']),
+                package=normalize_package(replies[1].get('package')),
+                capabilities=sorted(c['capability'] for c in replies[2]), machines=sorted(machines))
+
+
 def qmp_version(qmp):
     data = qmp.execute('query-version')
     q = data['qemu']
@@ -65,13 +101,19 @@ def memory_backends(qmp, pid):
     return backends
 
 
-def eligibility(vm):
-    """Reasons why ``vm`` cannot get a device-state-only live update (empty: eligible)."""
+def state_reasons(vm):
+    """Why ``vm`` cannot be migrated at all right now."""
     reasons = []
     if vm['status'] not in UPDATABLE_STATES:
         reasons.append('run state is %s, not running or paused' % vm['status'])
     if vm['migration'] not in IDLE_MIGRATION_STATES:
         reasons.append('a migration is in progress (%s)' % vm['migration'])
+    return reasons
+
+
+def memory_reasons(vm):
+    """Why a migration of ``vm`` would copy guest RAM instead of leaving it in place."""
+    reasons = []
     caps = vm['capabilities']
     if 'x-ignore-shared' not in caps:
         reasons.append('this QEMU has no x-ignore-shared migration capability')
@@ -87,6 +129,11 @@ def eligibility(vm):
     if backed < vm['ram_size']:
         reasons.append('%d MiB of guest RAM is anonymous memory, not a memory backend' % ((vm['ram_size'] - backed) >> 20))
     return reasons
+
+
+def eligibility(vm):
+    """Reasons why ``vm`` cannot get a device-state-only live update (empty: eligible)."""
+    return state_reasons(vm) + memory_reasons(vm)
 
 
 def outdated_reasons(vm):
@@ -109,43 +156,60 @@ def find_target(exe, target_binary):
     return shutil.which(os.path.basename(exe))
 
 
+def query_vm(qmp, pid):
+    """What QEMU says of itself over QMP: version, run state, machine, migration, memory."""
+    caps = qmp.execute('query-migrate-capabilities')
+    summary = qmp.execute('query-memory-size-summary')
+    machine = qmp.execute('qom-get', {'path': '/machine', 'property': 'type'})
+    return dict(running=qmp_version(qmp), status=qmp.execute('query-status')['status'],
+                machine=machine[:-len('-machine')] if machine.endswith('-machine') else machine,
+                migration=qmp.execute('query-migrate').get('status', 'none'),
+                capabilities=dict((c['capability'], c['state']) for c in caps),
+                memory_backends=memory_backends(qmp, pid),
+                ram_size=summary['base-memory'] + summary.get('plugged-memory', 0))
+
+
+def managed_paths(proc, runtime_dir):
+    """The RuntimePaths of ``proc`` when liveupdate.qemu.vm launched it under ``runtime_dir``."""
+    name = proc.cmdline.name()
+    if not name or not runtime_dir:
+        return None
+    paths = RuntimePaths(runtime_dir, name)
+    state = paths.read_state()
+    if state and state.get('memory_file') and proc.uses_file(state['memory_file']):
+        return paths
+    return None
+
+
+def qmp_socket_of(proc, runtime_dir):
+    """The QMP socket to reach ``proc`` at: its runtime directory's when managed, else
+    the first on its command line, under its canonical name (see canonical_path)."""
+    paths = managed_paths(proc, runtime_dir)
+    if paths is not None:
+        return paths.qmp_socket
+    sockets = proc.cmdline.qmp_sockets()
+    return canonical_path(sockets[0]) if sockets else None
+
+
 def inspect(proc, runtime_dir, target_binary=None, timeout=5.0, version_cache=None):
     """Everything vm_info reports about one QEMU process."""
-    sockets = proc.cmdline.qmp_sockets()
-    name = proc.cmdline.name()
-    managed = None
-    if name and runtime_dir:
-        paths = RuntimePaths(runtime_dir, name)
-        state = paths.read_state()
-        if state and proc.uses_file(state.get('memory_file') or '\0'):
-            managed = paths.root
-            sockets = [paths.qmp_socket] + [s for s in sockets if s != paths.qmp_socket]
+    paths = managed_paths(proc, runtime_dir)
     target_path = find_target(proc.exe, target_binary)
     binary_state = proc.binary_state()
-    vm = dict(pid=proc.pid, name=name, argv=proc.argv, managed=managed is not None, runtime_dir=managed,
-              qmp_socket=sockets[0] if sockets else None,
+    vm = dict(pid=proc.pid, name=proc.cmdline.name(), argv=proc.argv, managed=paths is not None,
+              runtime_dir=paths.root if paths else None, qmp_socket=qmp_socket_of(proc, runtime_dir),
               binary=dict(path=proc.exe, deleted=binary_state == 'deleted', replaced=binary_state == 'replaced'),
               target=binary_version(target_path, version_cache) if target_path else None,
               running=None, machine=None, status=None, migration=None, capabilities={}, memory_backends=[],
               ram_size=None, qmp_error=None)
-    if not sockets:
+    if not vm['qmp_socket']:
         vm['qmp_error'] = 'no unix QMP socket on its command line'
     else:
         try:
             with QMPSession(vm['qmp_socket'], timeout) as qmp:
-                vm['running'] = qmp_version(qmp)
-                vm['status'] = qmp.execute('query-status')['status']
-                vm['machine'] = qmp.execute('qom-get', {'path': '/machine', 'property': 'type'})
-                vm['migration'] = qmp.execute('query-migrate').get('status', 'none')
-                vm['capabilities'] = dict((c['capability'], c['state'])
-                                          for c in qmp.execute('query-migrate-capabilities'))
-                vm['memory_backends'] = memory_backends(qmp, proc.pid)
-                summary = qmp.execute('query-memory-size-summary')
-                vm['ram_size'] = summary['base-memory'] + summary.get('plugged-memory', 0)
+                vm.update(query_vm(qmp, proc.pid))
         except QMPError as exc:
             vm['qmp_error'] = str(exc)
-    if vm['machine'] and vm['machine'].endswith('-machine'):
-        vm['machine'] = vm['machine'][:-len('-machine')]
     vm['outdated_reasons'] = outdated_reasons(vm)
     vm['outdated'] = bool(vm['outdated_reasons'])
     vm['ineligible_reasons'] = (['QMP: %s' % vm['qmp_error']] if vm['qmp_error'] else eligibility(vm))

@@ -2,17 +2,28 @@
 # Copyright: liveupdate.qemu contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""QEMU processes as /proc shows them: argv, binary (deleted or replaced),
-liveness, and the filesystem a path lives on."""
+"""QEMU processes: as /proc shows them (argv, binary deleted or replaced,
+liveness, the filesystem a path lives on), launched daemonized, stopped by a
+ladder, and a file descriptor taken from one of them."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import subprocess
 import time
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import QemuCommandLine, QemuOpts
+from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import LiveUpdateError
 
 DELETED_SUFFIX = ' (deleted)'
+LAUNCH_TIMEOUT = 120
+SYS_PIDFD_GETFD = 438  # x86_64 and aarch64 share the generic number
+
+
+class LaunchError(LiveUpdateError):
+    """QEMU exited non-zero at start; ``rc``, ``argv`` and its output are in the details."""
 
 
 def is_qemu_argv0(path):
@@ -122,3 +133,77 @@ def filesystem_of(path, pid='self'):
         if inside and len(mount_point) >= len(best):
             best, fstype = mount_point, fstype_here
     return fstype
+
+
+def launch_daemonized(argv, log_path, pass_fds=()):
+    """Run a QEMU command line that has -daemonize: QEMU reports start-up errors
+    through its exit code and detaches once the machine is built. Its output
+    is appended to ``log_path`` (created 0600)."""
+    os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    with open(log_path, 'ab') as log:
+        start = log.tell()
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, check=False,
+                              timeout=LAUNCH_TIMEOUT, pass_fds=tuple(pass_fds))
+    if proc.returncode != 0:
+        with open(log_path, 'rb') as log:
+            log.seek(start)
+            output = log.read().decode('utf-8', 'replace').strip()[-2000:]
+        output = output or '(no output)'
+        raise LaunchError('QEMU exited with code %d at start: %s' % (proc.returncode, output),
+                          argv=argv, rc=proc.returncode, output=output)
+
+
+def shutdown_ladder(pid, request_quit, step_timeout):
+    """QMP quit (``request_quit()``, which may raise), then SIGTERM, then SIGKILL,
+    each given ``step_timeout`` seconds. Returns the step that ended the process."""
+    try:
+        request_quit()
+        if wait_gone(pid, step_timeout):
+            return 'quit'
+    except LiveUpdateError:
+        pass
+    for method, sig in (('SIGTERM', signal.SIGTERM), ('SIGKILL', signal.SIGKILL)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return method
+        if wait_gone(pid, step_timeout):
+            return method
+    raise LiveUpdateError('QEMU pid %d survived SIGKILL' % pid, pid=pid)
+
+
+def kill_and_wait(pid, timeout=10):
+    """SIGKILL ``pid`` and return once it is gone (or raise)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    if not wait_gone(pid, timeout):
+        raise LiveUpdateError('QEMU pid %d survived SIGKILL' % pid, pid=pid)
+
+
+def take_fd(pid, fd):
+    """A duplicate of file descriptor ``fd`` of process ``pid`` (pidfd_getfd, Linux 5.6+)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        new = libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+        if new < 0:
+            err = ctypes.get_errno()
+            raise LiveUpdateError('cannot take fd %d of pid %d: %s' % (fd, pid, os.strerror(err)), pid=pid)
+        return new
+    finally:
+        os.close(pidfd)
+
+
+def tap_fd_of(pid, ifname):
+    """The fd number through which ``pid`` holds tap interface ``ifname``, or None."""
+    fdinfo = '/proc/%d/fdinfo' % pid
+    for entry in os.listdir(fdinfo):
+        try:
+            with open(os.path.join(fdinfo, entry)) as handle:
+                if 'iff:\t%s\n' % ifname in handle.read():
+                    return int(entry)
+        except OSError:
+            continue
+    return None

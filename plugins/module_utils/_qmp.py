@@ -28,7 +28,7 @@ import traceback
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import LiveUpdateError
 
 try:
-    from qemu.qmp import ConnectError, EventListener, ExecInterruptedError, ExecuteError, QMPClient, StateError
+    from qemu.qmp import ConnectError, EventListener, ExecInterruptedError, ExecuteError, QMPClient, Runstate, StateError
     from qemu.qmp.qmp_client import GreetingError, NegotiationError
     HAS_QEMU_QMP = True
     QEMU_QMP_IMPORT_ERROR = None
@@ -158,7 +158,15 @@ class QMPSession:
             if remaining <= 0:
                 raise QMPTimeout('no %s event from %s in time' % ('/'.join(sorted(names)), self.path),
                                  socket=self.path)
-            event = dict(self._run(self._listener.get(), remaining, 'with an event'))
+            try:
+                # Short slices, so that a peer that goes away is noticed at once.
+                event = self._loop.run_until_complete(asyncio.wait_for(self._listener.get(), min(remaining, 0.05)))
+            except asyncio.TimeoutError:
+                if self._client.runstate != Runstate.RUNNING:
+                    raise QMPDisconnected('QMP peer %s went away while waiting for %s'
+                                          % (self.path, '/'.join(sorted(names))), socket=self.path)
+                continue
+            event = dict(event)
             if event.get('event') in names and (match is None or match(event)):
                 return event
 

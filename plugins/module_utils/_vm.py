@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import time
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput, LiveUpdateError
-from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import QemuProcess, qemu_processes, wait_gone
+from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import (
+    LaunchError, QemuProcess, kill_and_wait, launch_daemonized, qemu_processes, shutdown_ladder,
+)
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPError, QMPSession
 
 DEFAULT_RUNTIME_DIR = '/run/liveupdate-qemu'
-LAUNCH_TIMEOUT = 120
 
 
 class VmStartError(LiveUpdateError):
@@ -142,22 +141,16 @@ class Vm:
         """After a failed start: end the QEMU that the pidfile names, if it is ours."""
         proc = self.process()
         if proc is not None:
-            os.kill(proc.pid, signal.SIGKILL)
-            wait_gone(proc.pid, 10)
+            kill_and_wait(proc.pid)
 
     def _launch(self, argv, timeout):
-        # Created first so that QEMU appends to files that are already 0600.
-        for path in (self.paths.qemu_log, self.paths.serial_log):
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-        with open(self.paths.qemu_log, 'ab') as log:
-            # -daemonize: QEMU reports start-up errors through its exit code and
-            # detaches once the machine is built.
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, check=False,
-                                  timeout=LAUNCH_TIMEOUT)
-        if proc.returncode != 0:
+        # Created first so that QEMU appends to a file that is already 0600.
+        os.close(os.open(self.paths.serial_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        try:
+            launch_daemonized(argv, self.paths.qemu_log)
+        except LaunchError as exc:
             raise VmStartError('QEMU for VM %s exited with code %d at start: %s'
-                               % (self.name, proc.returncode, self._log_tail() or '(no output)'),
-                               argv=argv, rc=proc.returncode)
+                               % (self.name, exc.details['rc'], exc.details['output']), **exc.details)
         # A daemonized QEMU sets umask 027 for itself; sockets are for root alone.
         for path in (self.paths.qmp_socket, self.paths.serial_socket, self.paths.vnc_socket):
             if os.path.exists(path):
@@ -172,34 +165,14 @@ class Vm:
                                        % (self.name, exc), argv=argv)
                 time.sleep(0.05)
 
-    def _log_tail(self, limit=2000):
-        try:
-            with open(self.paths.qemu_log, 'rb') as handle:
-                return handle.read().decode('utf-8', 'replace').strip()[-limit:]
-        except OSError:
-            return ''
-
     # --- stop ---
 
     def stop(self, proc, timeout, step_timeout):
-        """The shutdown ladder: QMP quit, SIGTERM, SIGKILL. Returns the step that worked."""
-        method = None
-        try:
+        """The shutdown ladder; returns the step that ended QEMU."""
+        def request_quit():
             with QMPSession(self.paths.qmp_socket, timeout) as qmp:
                 qmp.execute('quit')
-            method = 'quit'
-        except QMPError:
-            pass
-        if method and wait_gone(proc.pid, step_timeout):
-            return method
-        for method, sig in (('SIGTERM', signal.SIGTERM), ('SIGKILL', signal.SIGKILL)):
-            try:
-                os.kill(proc.pid, sig)
-            except ProcessLookupError:
-                return method
-            if wait_gone(proc.pid, step_timeout):
-                return method
-        raise LiveUpdateError('QEMU pid %d of VM %s survived SIGKILL' % (proc.pid, self.name), pid=proc.pid)
+        return shutdown_ladder(proc.pid, request_quit, step_timeout)
 
     def remove_files(self):
         """Remove the memory file and the runtime directory; QEMU must be gone."""

@@ -35,7 +35,7 @@ attributes:
   platform:
     platforms: posix
 author:
-  - liveupdate.qemu maintainers
+  - liveupdate.qemu maintainers (!UNKNOWN)
 '''
 
 EXAMPLES = r'''

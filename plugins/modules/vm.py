@@ -162,7 +162,7 @@ attributes:
 seealso:
   - module: liveupdate.qemu.vm_info
 author:
-  - liveupdate.qemu maintainers
+  - liveupdate.qemu maintainers (!UNKNOWN)
 '''
 
 EXAMPLES = r'''
@@ -200,7 +200,7 @@ vm:
   contains:
     name: {description: VM name., type: str, returned: always}
     pid: {description: QEMU process id; null when not running., type: int, returned: always}
-    status: {description: QEMU run state (C(running), C(paused), ...), or C(stopped)., type: str, returned: always}
+    status: {description: 'QEMU run state (C(running), C(paused), ...), or C(stopped).', type: str, returned: always}
     runtime_dir: {description: The VM's runtime directory., type: str, returned: always}
     qmp_socket: {description: QMP socket path., type: str, returned: always}
     pidfile: {description: Pidfile path., type: str, returned: always}

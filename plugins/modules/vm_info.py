@@ -34,7 +34,6 @@ options:
 extends_documentation_fragment:
   - liveupdate.qemu.common
   - ansible.builtin.action_common_attributes
-  - ansible.builtin.action_common_attributes.info_module
 attributes:
   check_mode:
     support: full
@@ -47,7 +46,7 @@ requirements:
 seealso:
   - module: liveupdate.qemu.vm
 author:
-  - liveupdate.qemu maintainers
+  - liveupdate.qemu maintainers (!UNKNOWN)
 '''
 
 EXAMPLES = r'''
@@ -91,19 +90,19 @@ vms:
       returned: always
     outdated: {description: Whether the VM should move to the target binary., type: bool, returned: always}
     outdated_reasons: {description: Why it is outdated., type: list, elements: str, returned: always}
-    machine: {description: Resolved machine type, e.g. C(pc-i440fx-7.2)., type: str, returned: always}
+    machine: {description: 'Resolved machine type, for example C(pc-i440fx-7.2).', type: str, returned: always}
     status: {description: Run state (C(query-status))., type: str, returned: always}
-    migration: {description: Migration state (C(query-migrate)), C(none) when never migrated., type: str, returned: always}
+    migration: {description: 'Migration state (C(query-migrate)), C(none) when never migrated.', type: str, returned: always}
     capabilities: {description: Migration capabilities and their state., type: dict, returned: always}
     memory_backends:
       description: Memory backends with C(id), C(type), C(size), C(share), C(path) and C(filesystem).
       type: list
       elements: dict
       returned: always
-    ram_size: {description: Guest RAM in bytes (base and plugged)., type: int, returned: always}
+    ram_size: {description: 'Guest RAM in bytes, base and plugged.', type: int, returned: always}
     eligible: {description: Whether a device-state-only live update is possible now., type: bool, returned: always}
     ineligible_reasons: {description: Why not., type: list, elements: str, returned: always}
-    qmp_error: {description: Why QMP could not be asked, if so., type: str, returned: always}
+    qmp_error: {description: 'Why QMP could not be asked, if so.', type: str, returned: always}
 '''
 
 import traceback

@@ -1,0 +1,421 @@
+# -*- coding: utf-8 -*-
+# Copyright: liveupdate.qemu contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The live update engine: move one running VM onto a new QEMU process started
+from another binary while its RAM stays in place (x-ignore-shared).
+
+Steps: locate -> preflight -> spawn -> migrate -> switch -> finish; any failure
+before the switch rolls back. The switch is the one point of no return: the
+destination starts paused (-S) and runs the guest only when ``Switch.commit``
+has been recorded and ``cont`` sent to it. ``Switch.resume_source`` is the only
+code that ever resumes the source, and it refuses once the switch is committed
+or while the destination process still exists: once the destination has run
+the guest, the source would run it a second time on the same RAM and crash it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import secrets
+import socket
+import struct
+import time
+
+from ansible_collections.liveupdate.qemu.plugins.module_utils._destination import plan_destination
+from ansible_collections.liveupdate.qemu.plugins.module_utils._discovery import (
+    managed_paths, memory_reasons, probe_binary, qmp_socket_of, query_vm, state_reasons,
+)
+from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput, LiveUpdateError
+from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import (
+    QemuProcess, kill_and_wait, launch_daemonized, process_alive, shutdown_ladder, take_fd, tap_fd_of,
+)
+from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPError, QMPSession
+from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import Vm
+from ansible_collections.liveupdate.qemu.plugins.module_utils._vm_spec import resolve_binary, validate_name
+
+USERNET_HEADER_RE = re.compile(r'\((?P<netdev>[^)]+)\):\s*$')
+USERNET_FWD_RE = re.compile(r'^\s*(?P<proto>TCP|UDP)\[HOST_FORWARD\]\s+\d+\s+(?P<haddr>\S+)\s+(?P<hport>\d+)\s+'
+                            r'(?P<gaddr>\S+)\s+(?P<gport>\d+)')
+MIGRATION_END = ('completed', 'failed', 'cancelled')
+
+
+class UpdateFailed(LiveUpdateError):
+    """The update stopped at ``step``; ``rolled_back`` tells whether the source runs as before."""
+
+
+def peer_pid(path, timeout):
+    """The pid of the process listening on unix socket ``path`` (SO_PEERCRED)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize('3i'))
+        return struct.unpack('3i', creds)[0]
+    except OSError as exc:
+        raise InvalidInput('cannot reach QMP socket %s: %s' % (path, exc.strerror or exc), socket=path)
+    finally:
+        sock.close()
+
+
+def event_time(event):
+    stamp = event['timestamp']
+    return stamp['seconds'] + stamp['microseconds'] / 1e6
+
+
+def host_forwards(qmp):
+    """[(netdev id, rule)] of the user-mode forwarding rules active now ('info usernet')."""
+    rules, netdev = [], None
+    for line in qmp.execute('human-monitor-command', {'command-line': 'info usernet'}).splitlines():
+        header = USERNET_HEADER_RE.search(line)
+        if header:
+            netdev = header.group('netdev')
+            continue
+        fwd = USERNET_FWD_RE.match(line)
+        if fwd and netdev:
+            haddr = '' if fwd.group('haddr') in ('*', '0.0.0.0') else fwd.group('haddr')
+            rules.append((netdev, '%s:%s:%s-%s:%s' % (fwd.group('proto').lower(), haddr, fwd.group('hport'),
+                                                      fwd.group('gaddr'), fwd.group('gport'))))
+    return rules
+
+
+class Switch:
+    """The point of no return, and the only way to resume the source."""
+
+    def __init__(self):
+        self.committed = False
+
+    def commit(self):
+        """Recorded *before* the destination is told to run: from here on it may have run the guest."""
+        self.committed = True
+
+    def resume_source(self, qmp, dest_pid):
+        if self.committed:
+            raise LiveUpdateError('refusing to resume the source: the destination may have run the guest')
+        if dest_pid is not None and process_alive(dest_pid):
+            raise LiveUpdateError('refusing to resume the source while destination pid %d exists' % dest_pid)
+        qmp.execute('cont')
+
+
+class Source:
+    """The running VM to update: its process, canonical QMP socket and, when
+    liveupdate.qemu.vm launched it, its runtime paths."""
+
+    def __init__(self, proc, qmp_socket, paths):
+        self.proc = proc
+        self.qmp_socket = qmp_socket
+        self.paths = paths
+        self.name = proc.cmdline.name()
+
+
+def locate(params):
+    """Find the VM by name, QMP socket or pid, and check that socket and process agree."""
+    runtime_dir, timeout = params['runtime_dir'], params['timeout']
+    if params.get('name'):
+        vm = Vm(runtime_dir, validate_name(params['name']))
+        proc = vm.process()
+        if proc is None:
+            raise InvalidInput('VM %s is not running (no live QEMU for %s)' % (params['name'], vm.paths.root))
+        qmp_socket = vm.paths.qmp_socket
+    elif params.get('socket'):
+        qmp_socket = params['socket']
+        proc = QemuProcess.from_pid(peer_pid(qmp_socket, timeout))
+        if proc is None:
+            raise InvalidInput('the process listening on %s is not QEMU' % qmp_socket)
+    else:
+        proc = QemuProcess.from_pid(params['pid'])
+        if proc is None:
+            raise InvalidInput('pid %d is not a running QEMU' % params['pid'])
+        qmp_socket = qmp_socket_of(proc, runtime_dir)
+        if not qmp_socket:
+            raise InvalidInput('QEMU pid %d has no unix QMP socket' % proc.pid)
+    owner = peer_pid(qmp_socket, timeout)
+    if owner != proc.pid:
+        raise InvalidInput('QMP socket %s belongs to pid %d, not to QEMU pid %d' % (qmp_socket, owner, proc.pid))
+    return Source(proc, qmp_socket, managed_paths(proc, runtime_dir))
+
+
+class UpdateLock:
+    """One live update per VM at a time: flock on a file named after its QMP socket."""
+
+    def __init__(self, runtime_dir, qmp_socket, wait):
+        directory = os.path.join(runtime_dir, '.locks')
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.path = os.path.join(directory, qmp_socket.strip('/').replace('/', '%') + '.lock')
+        self.wait = wait
+        self.fd = None
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(self.fd, 64, 0).decode('ascii', 'replace').strip()
+                    os.close(self.fd)
+                    raise UpdateFailed('another live update of this VM is in progress (pid %s); lock %s'
+                                       % (holder or '?', self.path), step='lock', rolled_back=True)
+                time.sleep(0.05)
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
+class LiveUpdate:
+    """One live update; ``run()`` returns the module result or raises UpdateFailed."""
+
+    def __init__(self, params, check_mode):
+        self.params = params
+        self.check_mode = check_mode
+        self.timeout = params['timeout']
+        self.switch = Switch()
+        self.timings = {}
+        self.dest_pid = None
+        self.dest = None
+        self.plan = None
+        self.source_caps = {}
+        self.result = dict(changed=False)
+
+    def _timed(self, step, func, *args):
+        start = time.monotonic()
+        try:
+            return func(*args)
+        finally:
+            self.timings[step] = round(time.monotonic() - start, 4)
+
+    def run(self):
+        target = resolve_binary(self.params['target_binary'])
+        source = self._timed('locate', locate, self.params)
+        self.source = source
+        self.result.update(vm=dict(name=source.name, qmp_socket=source.qmp_socket, managed=source.paths is not None))
+        self.lock = UpdateLock(self.params['runtime_dir'], source.qmp_socket, self.params['lock_timeout'])
+        with self.lock:
+            with QMPSession(source.qmp_socket, self.timeout) as src:
+                if not self._timed('preflight', self.preflight, src, target):
+                    return self._finish()
+                if self.check_mode:
+                    self.result['changed'] = True
+                    return self._finish()
+                self.result['changed'] = True
+                started = time.monotonic()
+                try:
+                    self._timed('spawn', self.spawn, target)
+                    self._timed('migrate', self.migrate, src)
+                    self._timed('switch', self.switch_over, src)
+                except (LiveUpdateError, OSError) as exc:
+                    self._fail(src, exc)
+                finally:
+                    if self.dest is not None:
+                        self.dest.close()
+                self._timed('finish', self.finish, src)
+                self.timings['engine'] = round(time.monotonic() - started, 4)
+        return self._finish()
+
+    def _finish(self):
+        self.result['timings'] = self.timings
+        return self.result
+
+    # --- preflight ---
+
+    def preflight(self, src, target):
+        """Everything that could refuse the update; returns False when there is nothing to do."""
+        source = self.source
+        vm = query_vm(src, source.proc.pid)
+        self.before = vm
+        self.target = probe_binary(target)
+        self.result['old'] = dict(pid=source.proc.pid, binary=source.proc.exe, **vm['running'])
+        self.result['target'] = dict(binary=target, version=self.target['version'], package=self.target['package'])
+        up_to_date = (source.proc.binary_state() == 'current'
+                      and (vm['running']['version'], vm['running']['package'])
+                      == (self.target['version'], self.target['package']))
+        if up_to_date and not self.params['force']:
+            self.result['msg'] = 'VM %s already runs QEMU %s (%s)' % (source.name, self.target['version'],
+                                                                      self.target['package'])
+            return False
+        reasons = state_reasons(vm)
+        copy_reasons = memory_reasons(vm)
+        self.full_copy = bool(copy_reasons)
+        if copy_reasons and not self.params['allow_full_copy']:
+            reasons += copy_reasons
+        if 'x-ignore-shared' not in self.target['capabilities'] and not self.full_copy:
+            reasons.append('target binary %s has no x-ignore-shared migration capability' % target)
+        if vm['machine'] not in self.target['machines']:
+            reasons.append('target binary %s does not know machine type %s' % (target, vm['machine']))
+        if vm['capabilities'].get('postcopy-ram'):
+            reasons.append('postcopy-ram is on; turn it off before a live update')
+        if reasons:
+            raise UpdateFailed('cannot live-update VM %s: %s' % (source.name, '; '.join(reasons)),
+                               step='preflight', rolled_back=True, reasons=reasons)
+        self.plan = plan_destination(source.proc.argv, source.qmp_socket, vm['machine'], secrets.token_hex(4))
+        self.forwards = host_forwards(src) if any(n == 'netdev' for n, dummy in source.proc.cmdline.options) else []
+        self.result['plan'] = dict(self.plan.as_dict(target), host_forwards=[list(f) for f in self.forwards],
+                                   full_copy=self.full_copy, was=vm['status'])
+        return True
+
+    # --- spawn ---
+
+    def spawn(self, target):
+        fds = []
+        try:
+            for tap in self.plan.taps:
+                fd = tap.source_fd if tap.source_fd is not None else tap_fd_of(self.source.proc.pid, tap.ifname)
+                if fd is None:
+                    raise UpdateFailed('tap %s is not open in QEMU pid %d' % (tap.ifname, self.source.proc.pid),
+                                       step='spawn', rolled_back=True)
+                fds.append(take_fd(self.source.proc.pid, fd))
+            self.dest_argv = self.plan.argv(target, fds)
+            log = self.source.paths.qemu_log if self.source.paths else self.lock.path[:-len('.lock')] + '.log'
+            launch_daemonized(self.dest_argv, log, pass_fds=fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        with open(self.plan.pidfile) as handle:
+            self.dest_pid = int(handle.read().strip())
+        self.dest = QMPSession(self.plan.qmp_socket, self.timeout)
+        self.dest.connect()
+
+    # --- migrate ---
+
+    def migrate(self, src):
+        caps = dict(events=True)
+        if not self.full_copy:
+            caps['x-ignore-shared'] = True
+        self.source_caps = dict((c, self.before['capabilities'][c]) for c in caps)
+        wanted = [{'capability': c, 'state': v} for c, v in sorted(caps.items())]
+        self.dest.execute('migrate-set-capabilities', {'capabilities': wanted})
+        uri = 'unix:%s.migrate' % self.plan.qmp_socket
+        self.dest.execute('migrate-incoming', {'uri': uri})
+        src.execute('migrate-set-capabilities', {'capabilities': wanted})
+        src.drain_events()
+        self.dest.drain_events()
+        src.execute('migrate', {'uri': uri})
+        deadline = self.params['migration_timeout']
+        try:
+            event = self.dest.wait_event('MIGRATION', deadline, lambda e: e['data']['status'] in MIGRATION_END)
+        except QMPError:
+            src.execute('migrate_cancel')
+            raise
+        if event['data']['status'] != 'completed':
+            raise UpdateFailed('the destination reports the migration %s' % event['data']['status'],
+                               step='migrate', rolled_back=True)
+
+    # --- switch ---
+
+    def switch_over(self, src):
+        status = src.execute('query-status')['status']
+        if status != 'postmigrate':
+            raise UpdateFailed('source is %s after the migration, not postmigrate' % status, step='switch')
+        self.switch.commit()
+        if self.before['status'] == 'running':
+            self.dest.execute('cont')
+            self.resume = self.dest.wait_event('RESUME', self.timeout)
+        stats = src.execute('query-migrate')
+        self.result['migration'] = dict(total_time_ms=stats.get('total-time'), downtime_ms=stats.get('downtime'),
+                                        setup_time_ms=stats.get('setup-time'),
+                                        bytes=stats.get('ram', {}).get('transferred'), full_copy=self.full_copy)
+        if self.before['status'] == 'running':
+            stop = src.wait_event('STOP', self.timeout)
+            self.result['guest_pause_ms'] = round((event_time(self.resume) - event_time(stop)) * 1000, 3)
+        # The destination keeps the source's capabilities: x-ignore-shared left on
+        # would drop guest RAM from a later migration to another host.
+        self.dest.execute('migrate-set-capabilities', {'capabilities': [
+            {'capability': c, 'state': v} for c, v in sorted(self.source_caps.items())]})
+        self.dest_status = self.dest.execute('query-status')['status']
+
+    # --- finish (after the switch: never roll back) ---
+
+    def finish(self, src):
+        # Owner and mode of the source's files, given to the destination's (a
+        # daemonized QEMU creates its sockets with umask 027).
+        modes = {}
+        for dummy, canonical in self.plan.renames:
+            try:
+                modes[canonical] = os.stat(canonical)
+            except OSError:
+                pass
+        self.result['stop_method'] = shutdown_ladder(self.source.proc.pid, lambda: src.execute('quit'),
+                                                     self.params['shutdown_timeout'])
+        for temporary, canonical in self.plan.renames:
+            if os.path.exists(temporary):
+                if canonical in modes:
+                    os.chown(temporary, modes[canonical].st_uid, modes[canonical].st_gid)
+                    os.chmod(temporary, modes[canonical].st_mode & 0o7777)
+                os.rename(temporary, canonical)
+        if not self.plan.canonical_pidfile and os.path.exists(self.plan.pidfile):
+            os.unlink(self.plan.pidfile)
+        with QMPSession(self.source.qmp_socket, self.timeout) as dest:
+            for netdev, rule in self.forwards:
+                dest.execute('human-monitor-command', {'command-line': 'hostfwd_add %s %s' % (netdev, rule)})
+            self.result['new'] = dict(pid=self.dest_pid, binary=self.dest_argv[0], status=self.dest_status,
+                                      **query_vm(dest, self.dest_pid)['running'])
+        if self.source.paths:
+            self._record(self.source.paths)
+
+    def _record(self, paths):
+        state = paths.read_state() or {}
+        state['argv'] = self.dest_argv
+        state['binary'] = self.dest_argv[0]
+        state.setdefault('spec', {})['binary'] = self.dest_argv[0]
+        paths.write_state(state)
+
+    # --- failure ---
+
+    def _fail(self, src, exc):
+        step = next((s for s in ('switch', 'migrate', 'spawn') if s in self.timings), 'spawn')
+        details = dict(exc.details) if isinstance(exc, LiveUpdateError) else {}
+        details.pop('step', None)
+        details.pop('rolled_back', None)
+        if self.switch.committed:
+            # Past the point of no return: the source must never run again.
+            self._quit_source_after_commit(src)
+            raise UpdateFailed('live update of VM %s failed after the switch (%s): the guest runs only on the '
+                               'destination, if at all; the source was stopped and will not be resumed'
+                               % (self.source.name, exc), step=step, rolled_back=False,
+                               dest_pid=self.dest_pid, **details)
+        rolled_back = self.rollback(src)
+        raise UpdateFailed('live update of VM %s failed at %s: %s%s'
+                           % (self.source.name, step, exc, '' if rolled_back else
+                              '; ROLLBACK INCOMPLETE, check the VM'),
+                           step=step, rolled_back=rolled_back, **details)
+
+    def _quit_source_after_commit(self, src):
+        try:
+            shutdown_ladder(self.source.proc.pid, lambda: src.execute('quit'), self.params['shutdown_timeout'])
+        except LiveUpdateError:
+            pass
+
+    def rollback(self, src):
+        """Before the switch: destination killed and cleaned, source back in its run state."""
+        if self.dest_pid is not None:
+            kill_and_wait(self.dest_pid)
+        for temporary, dummy in self.plan.renames:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+        for path in (self.plan.pidfile, self.plan.qmp_socket + '.migrate'):
+            if os.path.exists(path):
+                os.unlink(path)
+        try:
+            migration = src.execute('query-migrate').get('status', 'none')
+            if migration not in MIGRATION_END + ('none',):
+                src.execute('migrate_cancel')
+                deadline = time.monotonic() + self.timeout
+                while src.execute('query-migrate').get('status') not in MIGRATION_END:
+                    if time.monotonic() > deadline:
+                        return False
+                    time.sleep(0.01)
+            status = src.execute('query-status')['status']
+            if self.before['status'] == 'running' and status != 'running':
+                self.switch.resume_source(src, self.dest_pid)
+            src.execute('migrate-set-capabilities', {'capabilities': [
+                {'capability': c, 'state': v} for c, v in sorted(self.source_caps.items())]})
+            return src.execute('query-status')['status'] == self.before['status']
+        except LiveUpdateError:
+            return False

@@ -1,0 +1,184 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: liveupdate.qemu contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+---
+module: live_update
+short_description: Move a running VM onto a new QEMU process started from another binary
+version_added: 0.1.0
+description:
+  - Migrates a running (or paused) VM locally onto a new QEMU process started from O(target_binary), with the
+    migration capability C(x-ignore-shared) on both sides, so that guest RAM stays in its shared memory file and
+    only device state moves. The guest sees a pause of milliseconds.
+  - "Steps: B(preflight) (run state, no migration under way, all RAM in C(memory-backend-file) with C(share=on),
+    target binary supports C(x-ignore-shared) and the VM's resolved machine type, C(postcopy-ram) off, a per-VM
+    lock); B(spawn) (the destination gets the source's command line with its own socket and pidfile paths, the
+    machine type pinned, tap fds handed over, user-mode C(hostfwd) rules left out, C(-S -incoming defer));
+    B(migrate); B(switch) (the destination is told to run, the source is quit with the shutdown ladder, the
+    canonical socket and pidfile names move to the destination, forwarding rules are added again)."
+  - Anything that fails before the switch rolls back. The destination is killed and its files removed, the source
+    goes on in its previous run state, and the task fails with the step and QEMU's message.
+  - Once the destination has been told to run the guest, the source is never resumed (it would run the guest a
+    second time on the same RAM and crash it). If the destination dies after that point the guest is lost; the
+    source is stopped too, the memory file is left in place, and the VM must be started again.
+  - A VM that already runs the target's QEMU version and package from a binary that was neither deleted nor
+    replaced is left alone, unless O(force).
+  - What the source holds that a second process cannot share (TCP listeners, VNC on a TCP display, stdio, ptys,
+    C(-snapshot)) is refused in preflight, naming the option.
+options:
+  name:
+    description: Name of a VM launched by M(liveupdate.qemu.vm).
+    type: str
+  socket:
+    description: QMP unix socket of a QEMU not launched by this collection.
+    type: path
+  pid:
+    description: Process id of the QEMU to update; its QMP socket is taken from its command line.
+    type: int
+  target_binary:
+    description: The QEMU binary to move the VM to, a path or a name looked up in C(PATH).
+    type: str
+    default: qemu-system-x86_64
+  allow_full_copy:
+    description:
+      - Update a VM whose RAM is not all in shared memory files (C(share=off), anonymous RAM) by copying its RAM.
+        This takes seconds per GiB and the guest pause grows with its memory.
+    type: bool
+    default: false
+  force:
+    description: Update even when the VM already runs the target's version.
+    type: bool
+    default: false
+  migration_timeout:
+    description: Seconds the migration may take before it is cancelled and rolled back.
+    type: float
+    default: 60
+  lock_timeout:
+    description: Seconds to wait for another live update of the same VM to end; 0 fails at once.
+    type: float
+    default: 0
+  shutdown_timeout:
+    description: Seconds each step of the shutdown ladder (QMP quit, SIGTERM, SIGKILL) waits for the source to exit.
+    type: float
+    default: 10
+extends_documentation_fragment:
+  - liveupdate.qemu.common
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details: Runs preflight (including a probe of the target binary) and returns the plan; nothing is started.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+seealso:
+  - module: liveupdate.qemu.vm_info
+author:
+  - liveupdate.qemu maintainers (!UNKNOWN)
+'''
+
+EXAMPLES = r'''
+- name: Move VM web1 to the installed QEMU
+  liveupdate.qemu.live_update:
+    name: web1
+  register: update
+
+- name: Show how long the guest was paused
+  ansible.builtin.debug:
+    msg: "{{ update.vm.name }}: {{ update.old.package }} -> {{ update.new.package }}, paused {{ update.guest_pause_ms }} ms"
+  when: update is changed
+
+- name: Move a QEMU started by other means to a staged build
+  liveupdate.qemu.live_update:
+    socket: /var/run/vms/db1.qmp
+    target_binary: /opt/qemu/7.2.22/bin/qemu-system-x86_64
+'''
+
+RETURN = r'''
+vm:
+  description: The VM (C(name), C(qmp_socket), C(managed)).
+  returned: always
+  type: dict
+old:
+  description: The source process (C(pid), C(binary), C(version), C(package)).
+  returned: when preflight ran
+  type: dict
+  sample: {"pid": 4242, "binary": "/usr/bin/qemu-system-x86_64", "version": "7.2.15", "package": "Debian 1:7.2+dfsg-7+deb12u15"}
+new:
+  description: The destination process after the switch (C(pid), C(binary), C(version), C(package), C(status)).
+  returned: changed and not check mode
+  type: dict
+target:
+  description: The target binary with its version and package.
+  returned: when preflight ran
+  type: dict
+plan:
+  description: >-
+    What the update does or would do: the destination C(argv), C(renames) (temporary path, canonical path),
+    tap C(taps) handed over, C(host_forwards) re-added, C(full_copy), and the source's run state C(was).
+  returned: changed
+  type: dict
+guest_pause_ms:
+  description: Time from the source's STOP event to the destination's RESUME event (host clock), when the VM was running.
+  returned: changed, not check mode, VM running
+  type: float
+  sample: 4.2
+migration:
+  description: QEMU's figures for the migration (C(total_time_ms), C(downtime_ms), C(setup_time_ms), C(bytes), C(full_copy)).
+  returned: changed and not check mode
+  type: dict
+timings:
+  description: Seconds per step (C(locate), C(preflight), C(spawn), C(migrate), C(switch), C(finish)), and C(engine)
+    from the destination's start until the source is gone and the names are moved.
+  returned: always
+  type: dict
+stop_method:
+  description: The step of the shutdown ladder that ended the source.
+  returned: changed and not check mode
+  type: str
+step:
+  description: The step that failed.
+  returned: failure
+  type: str
+rolled_back:
+  description: On failure, whether the source runs on in its previous run state.
+  returned: failure
+  type: bool
+reasons:
+  description: Why preflight refused the update.
+  returned: failure in preflight
+  type: list
+  elements: str
+'''
+
+from ansible_collections.liveupdate.qemu.plugins.module_utils._live_update import LiveUpdate
+from ansible_collections.liveupdate.qemu.plugins.module_utils._module import LiveUpdateModule
+
+
+def main():
+    module = LiveUpdateModule(
+        argument_spec=dict(
+            name=dict(type='str'),
+            socket=dict(type='path'),
+            pid=dict(type='int'),
+            target_binary=dict(type='str', default='qemu-system-x86_64'),
+            allow_full_copy=dict(type='bool', default=False),
+            force=dict(type='bool', default=False),
+            migration_timeout=dict(type='float', default=60),
+            lock_timeout=dict(type='float', default=0),
+            shutdown_timeout=dict(type='float', default=10),
+        ),
+        mutually_exclusive=[('name', 'socket', 'pid')],
+        required_one_of=[('name', 'socket', 'pid')],
+        supports_check_mode=True)
+    module.run(lambda: LiveUpdate(module.params, module.check_mode).run())
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,103 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Integration tests: real ansible-playbook runs against real QEMU processes
+and real guests (TCG). scripts/setup.sh provides the environment:
+
+- ANSIBLE_COLLECTIONS_PATH: the installed collection
+- LIVEUPDATE_GUEST_DIR: vmlinux + initramfs.gz of the test guest (tools/build-guest.sh)
+- LIVEUPDATE_OLD_QEMU: the older QEMU build staged side by side (tools/stage-qemu.sh)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from harness import Ansible, guest_log, qemu_pids_under  # noqa: E402
+
+
+def _required_env(name):
+    value = os.environ.get(name)
+    if not value:
+        raise pytest.UsageError('%s is not set: run the tests through scripts/test.sh (or source .build/env.sh)' % name)
+    return value
+
+
+@pytest.fixture(scope='session')
+def guest_dir():
+    path = _required_env('LIVEUPDATE_GUEST_DIR')
+    for name in ('vmlinux', 'initramfs.gz'):
+        assert os.path.isfile(os.path.join(path, name)), 'test guest incomplete: %s/%s' % (path, name)
+    return path
+
+
+@pytest.fixture(scope='session')
+def old_qemu():
+    path = _required_env('LIVEUPDATE_OLD_QEMU')
+    assert os.access(path, os.X_OK), 'staged old QEMU %s is not executable' % path
+    return path
+
+
+@pytest.fixture(scope='session')
+def runtime_dir():
+    """A runtime directory of this session; every QEMU left under it is killed at the end."""
+    path = '/run/liveupdate-qemu-test-%d' % os.getpid()
+    os.makedirs(path, mode=0o755)
+    yield path
+    for pid in qemu_pids_under(path):
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    for entry in os.listdir('/dev/shm'):
+        if entry.startswith('liveupdate-qemu-lut-'):
+            os.unlink(os.path.join('/dev/shm', entry))
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope='session')
+def ansible(runtime_dir, tmp_path_factory):
+    _required_env('ANSIBLE_COLLECTIONS_PATH')
+    return Ansible(tmp_path_factory.mktemp('playbooks'), runtime_dir)
+
+
+@pytest.fixture(scope='session')
+def guest_spec(guest_dir):
+    """Module arguments for a VM that boots the test guest (TCG: /dev/kvm may not run guests)."""
+    def spec(name, **extra):
+        args = dict(name=name, memory='256M', accel=['tcg'],
+                    kernel=os.path.join(guest_dir, 'vmlinux'), initrd=os.path.join(guest_dir, 'initramfs.gz'),
+                    append='console=ttyS0 quiet lu.fill_mb=8')
+        args.update(extra)
+        return args
+    return spec
+
+
+@pytest.fixture(scope='session')
+def bare_spec():
+    """Module arguments for a VM with no guest OS (its firmware finds nothing to boot and
+    waits): a real QEMU that starts in 0.1 s."""
+    def spec(name, **extra):
+        args = dict(name=name, memory='128M', accel=['tcg'], serial=False)
+        args.update(extra)
+        return args
+    return spec
+
+
+@pytest.fixture(scope='session')
+def shared_vm(ansible, guest_spec):
+    """One booted guest shared by the tests that only read it or restore what they change."""
+    args = guest_spec('lut-shared')
+    result = ansible.module('vm', args)
+    assert result['changed'], result
+    vm = result['vm']
+    log = guest_log(vm['serial_log'])
+    log.wait(lambda s: s.mem_ok >= 1, timeout=120)
+    vm['args'] = args
+    yield vm
+    ansible.module('vm', dict(name='lut-shared', state='stopped'))
