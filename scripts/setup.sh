@@ -30,6 +30,7 @@ DEB_PACKAGES=(
     openssh-client # ansible's ssh connection for remote hypervisors
     rsync          # the sanity copy (scripts/test.sh)
     shellcheck     # ansible-test sanity's shellcheck test on scripts/ and tools/
+    iproute2       # network namespaces and taps of the tap NIC test
 )
 
 missing_packages() {

@@ -153,8 +153,13 @@ def _legacy_chardev(plan, option, value):
             opts.items[0] = (None, plan.rename(opts.head()))
             opts.set('wait', 'off')
         return 'unix:' + opts.format()
-    if value.startswith('file:'):
-        return value  # QEMU's legacy file: backend appends to the log (O_APPEND)
+    if value.startswith('file:') and option in ('serial', 'parallel'):
+        # file:PATH truncates PATH when the destination opens it, under the running source's
+        # writes: the destination gets the same file as a chardev that appends.
+        chardev_id = 'lu-%s%d' % (option, sum(1 for n, dummy in plan.options if n == option))
+        plan.options.append(('chardev', QemuOpts([(None, 'file'), ('id', chardev_id),
+                                                  ('path', value[len('file:'):]), ('append', 'on')]).format()))
+        return 'chardev:' + chardev_id
     _refuse(option, value, 'the new QEMU cannot take over this backend; use a unix socket')
     return value
 

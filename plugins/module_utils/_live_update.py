@@ -20,8 +20,6 @@ import fcntl
 import os
 import re
 import secrets
-import socket
-import struct
 import time
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._destination import plan_destination
@@ -44,20 +42,6 @@ MIGRATION_END = ('completed', 'failed', 'cancelled')
 
 class UpdateFailed(LiveUpdateError):
     """The update stopped at ``step``; ``rolled_back`` tells whether the source runs as before."""
-
-
-def peer_pid(path, timeout):
-    """The pid of the process listening on unix socket ``path`` (SO_PEERCRED)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(path)
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize('3i'))
-        return struct.unpack('3i', creds)[0]
-    except OSError as exc:
-        raise InvalidInput('cannot reach QMP socket %s: %s' % (path, exc.strerror or exc), socket=path)
-    finally:
-        sock.close()
 
 
 def event_time(event):
@@ -111,30 +95,34 @@ class Source:
 
 
 def locate(params):
-    """Find the VM by name, QMP socket or pid, and check that socket and process agree."""
-    runtime_dir, timeout = params['runtime_dir'], params['timeout']
+    """(QMP socket, QemuProcess or None) of the VM named by name, socket or pid."""
     if params.get('name'):
-        vm = Vm(runtime_dir, validate_name(params['name']))
+        vm = Vm(params['runtime_dir'], validate_name(params['name']))
         proc = vm.process()
         if proc is None:
             raise InvalidInput('VM %s is not running (no live QEMU for %s)' % (params['name'], vm.paths.root))
-        qmp_socket = vm.paths.qmp_socket
-    elif params.get('socket'):
-        qmp_socket = params['socket']
-        proc = QemuProcess.from_pid(peer_pid(qmp_socket, timeout))
+        return vm.paths.qmp_socket, proc
+    if params.get('socket'):
+        return params['socket'], None
+    proc = QemuProcess.from_pid(params['pid'])
+    if proc is None:
+        raise InvalidInput('pid %d is not a running QEMU' % params['pid'])
+    qmp_socket = qmp_socket_of(proc, params['runtime_dir'])
+    if not qmp_socket:
+        raise InvalidInput('QEMU pid %d has no unix QMP socket' % proc.pid)
+    return qmp_socket, proc
+
+
+def connect_source(qmp, proc, runtime_dir):
+    """The Source behind the connected session ``qmp``; the process listening on
+    the socket must be the one that was located."""
+    if proc is None:
+        proc = QemuProcess.from_pid(qmp.peer_pid)
         if proc is None:
-            raise InvalidInput('the process listening on %s is not QEMU' % qmp_socket)
-    else:
-        proc = QemuProcess.from_pid(params['pid'])
-        if proc is None:
-            raise InvalidInput('pid %d is not a running QEMU' % params['pid'])
-        qmp_socket = qmp_socket_of(proc, runtime_dir)
-        if not qmp_socket:
-            raise InvalidInput('QEMU pid %d has no unix QMP socket' % proc.pid)
-    owner = peer_pid(qmp_socket, timeout)
-    if owner != proc.pid:
-        raise InvalidInput('QMP socket %s belongs to pid %d, not to QEMU pid %d' % (qmp_socket, owner, proc.pid))
-    return Source(proc, qmp_socket, managed_paths(proc, runtime_dir))
+            raise InvalidInput('the process listening on %s is not QEMU' % qmp.path)
+    elif qmp.peer_pid != proc.pid:
+        raise InvalidInput('QMP socket %s belongs to pid %d, not to QEMU pid %d' % (qmp.path, qmp.peer_pid, proc.pid))
+    return Source(proc, qmp.path, managed_paths(proc, runtime_dir))
 
 
 class UpdateLock:
@@ -193,12 +181,12 @@ class LiveUpdate:
 
     def run(self):
         target = resolve_binary(self.params['target_binary'])
-        source = self._timed('locate', locate, self.params)
-        self.source = source
-        self.result.update(vm=dict(name=source.name, qmp_socket=source.qmp_socket, managed=source.paths is not None))
-        self.lock = UpdateLock(self.params['runtime_dir'], source.qmp_socket, self.params['lock_timeout'])
+        qmp_socket, proc = self._timed('locate', locate, self.params)
+        self.lock = UpdateLock(self.params['runtime_dir'], qmp_socket, self.params['lock_timeout'])
         with self.lock:
-            with QMPSession(source.qmp_socket, self.timeout) as src:
+            with QMPSession(qmp_socket, self.timeout) as src:
+                self.source = source = connect_source(src, proc, self.params['runtime_dir'])
+                self.result.update(vm=dict(name=source.name, qmp_socket=qmp_socket, managed=source.paths is not None))
                 if not self._timed('preflight', self.preflight, src, target):
                     return self._finish()
                 if self.check_mode:

@@ -20,8 +20,11 @@ Every call has a deadline. Errors:
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import socket
 import stat
+import struct
 import time
 import traceback
 
@@ -96,6 +99,7 @@ class QMPSession:
     def __init__(self, path, timeout=DEFAULT_TIMEOUT):
         self.path = path
         self.timeout = float(timeout)
+        self.peer_pid = None  # the pid of the QEMU at the other end, once connected
         self._loop = None
         self._client = None
         self._listener = None
@@ -116,25 +120,44 @@ class QMPSession:
 
     def connect(self):
         check_socket_path(self.path)
-        self._loop = asyncio.new_event_loop()
-        try:
-            self._run(self._connect(), self.timeout, 'the QMP greeting')
-        except ConnectError as exc:
-            self.close()
-            cause = exc.exc
-            if isinstance(cause, (GreetingError, NegotiationError, ValueError)):
-                raise QMPConnectError('%s is not a QMP server: %s' % (self.path, cause), socket=self.path)
-            raise QMPConnectError('cannot connect to QMP socket %s: %s' % (self.path, cause), socket=self.path)
-        except BaseException:
-            self.close()
-            raise
-        return self
+        deadline = time.monotonic() + self.timeout
+        while True:
+            self._loop = asyncio.new_event_loop()
+            try:
+                self._run(self._connect(), max(deadline - time.monotonic(), 0.01), 'the QMP greeting')
+                return self
+            except ConnectError as exc:
+                self.close()
+                cause = exc.exc
+                if isinstance(cause, (GreetingError, NegotiationError, ValueError)):
+                    raise QMPConnectError('%s is not a QMP server: %s' % (self.path, cause), socket=self.path)
+                # A monitor still tearing down its previous client may drop a new
+                # connection before the greeting: try again while time is left.
+                if isinstance(cause, (EOFError, ConnectionResetError)) or getattr(cause, 'errno', None) == errno.EINVAL:
+                    if time.monotonic() + 0.05 < deadline:
+                        time.sleep(0.05)
+                        continue
+                raise QMPConnectError('cannot connect to QMP socket %s: %s' % (self.path, cause), socket=self.path)
+            except BaseException:
+                self.close()
+                raise
 
     async def _connect(self):
+        # Our own socket, so that the peer's pid is known (SO_PEERCRED) without a second connection.
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            await self._loop.sock_connect(sock, self.path)
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize('3i'))
+        except OSError as exc:
+            sock.close()
+            raise QMPConnectError('cannot connect to QMP socket %s: %s' % (self.path, exc.strerror or exc),
+                                  socket=self.path)
+        self.peer_pid = struct.unpack('3i', creds)[0]
         self._client = QMPClient(os.path.basename(self.path))
         self._listener = EventListener()
         self._client.register_listener(self._listener)
-        await self._client.connect(self.path)
+        await self._client.connect(sock)
 
     def execute(self, command, arguments=None, timeout=None):
         """Run one command; return its result or raise a QMPError."""
