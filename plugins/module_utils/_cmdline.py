@@ -37,8 +37,10 @@ IMPLIED_KEYS = {
 class QemuOpts:
     """An ordered ``key=value`` list; ``None`` is the key of a bare leading value."""
 
-    def __init__(self, items=None):
+    def __init__(self, items=None, json_values=None):
         self.items = list(items or [])
+        # For JSON syntax: the original typed values, so that format() writes JSON back.
+        self.json_values = json_values
 
     @classmethod
     def parse(cls, text):
@@ -49,7 +51,7 @@ class QemuOpts:
             except ValueError:
                 data = None
             if isinstance(data, dict):
-                return cls([(k, _json_scalar(v)) for k, v in data.items()])
+                return cls([(k, _json_scalar(v)) for k, v in data.items()], json_values=data)
         items, buf, i = [], [], 0
         parts = []
         while i < len(text):
@@ -69,11 +71,21 @@ class QemuOpts:
             if '=' in part:
                 key, value = part.split('=', 1)
                 items.append((key, value))
-            elif part or index == 0:
-                items.append((None, part) if index == 0 else (part, 'on'))
+            elif index == 0:
+                items.append((None, part))
+            elif part.startswith('no') and len(part) > 2:
+                items.append((part[2:], 'off'))  # QEMU reads a bare noKEY as KEY=off ("server,nowait")
+            elif part:
+                items.append((part, 'on'))
         return cls(items)
 
     def format(self):
+        if self.json_values is not None:
+            data = {}
+            for key, value in self.items:
+                original = self.json_values.get(key)
+                data[key] = original if key in self.json_values and _json_scalar(original) == value else value
+            return json.dumps(data)
         out = []
         for key, value in self.items:
             value = str(value).replace(',', ',,')

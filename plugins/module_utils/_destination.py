@@ -44,7 +44,8 @@ class Refused(InvalidInput):
 
 
 def _refuse(option, value, why):
-    raise Refused('cannot live-update: -%s %s: %s' % (option, value, why), option=option, value=value)
+    shown = '-%s %s' % (option, value) if value else '-' + option
+    raise Refused('cannot live-update: %s: %s' % (shown, why), option=option, value=value)
 
 
 class TapHandover:
@@ -100,7 +101,7 @@ def plan_destination(source_argv, control_socket, machine_type, token):
     machine_seen = False
     for name, value in source.options:
         if name in REFUSED_FLAGS:
-            _refuse(name, '', REFUSED_FLAGS[name])
+            _refuse(name, None, REFUSED_FLAGS[name])
         if name in DROPPED:
             if name == 'pidfile':
                 plan.canonical_pidfile = canonical_path(value)
@@ -108,6 +109,7 @@ def plan_destination(source_argv, control_socket, machine_type, token):
         if name in ('machine', 'M'):
             machine_seen = True
             opts = QemuOpts.parse(value)
+            opts.remove('type')
             if opts.head() is not None:
                 opts.items[0] = (None, machine_type)
             else:
@@ -130,6 +132,12 @@ def plan_destination(source_argv, control_socket, machine_type, token):
                 _refuse(name, value, 'snapshot=on writes to a temporary file of the running QEMU')
         elif name == 'add-fd':
             _refuse(name, value, 'file descriptors of the running QEMU cannot be passed on')
+        elif name == 's' or name == 'gdb' and not value.startswith(('unix:', 'none')):
+            _refuse(name, value or '', 'the gdb stub listens on a TCP port the new QEMU cannot bind')
+        elif name == 'display' and 'vnc=' in (value or '') and 'vnc=unix:' not in value and 'vnc=none' not in value:
+            _refuse(name, value, 'the new QEMU cannot listen on this VNC display while the old one does')
+        elif name == 'spice' and (QemuOpts.parse(value).get('port') or QemuOpts.parse(value).get('tls-port')):
+            _refuse(name, value, 'the new QEMU cannot listen on this SPICE port while the old one does')
         plan.options.append((name, value))
     if not machine_seen:
         plan.options.insert(0, ('machine', machine_type))
@@ -175,8 +183,11 @@ def _chardev(plan, value):
                                       'use a unix socket (path=...)')
         opts.set('path', plan.rename(opts.get('path')))
         opts.set('wait', 'off')
+    # Both processes write the same files: never truncate them.
     if backend == 'file':
-        opts.set('append', 'on')  # both processes write the same file; never truncate it
+        opts.set('append', 'on')
+    if opts.get('logfile'):
+        opts.set('logappend', 'on')
     return opts.format()
 
 
@@ -210,7 +221,7 @@ def _netdev(plan, value):
                                    ifname=opts.get('ifname'))
             if handover.source_fd is None and not handover.ifname:
                 _refuse('netdev', value, 'a tap with neither ifname= nor fd= cannot be found in the running QEMU')
-            for key in ('ifname', 'script', 'downscript', 'fd'):
+            for key in ('ifname', 'script', 'downscript', 'fd', 'queues', 'vnet_hdr'):
                 opts.remove(key)
             opts.set('fd', DestinationPlan.FD_PLACEHOLDER % len(plan.taps))
             plan.taps.append(handover)

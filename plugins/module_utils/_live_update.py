@@ -20,15 +20,19 @@ import fcntl
 import os
 import re
 import secrets
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import canonical_path
 from ansible_collections.liveupdate.qemu.plugins.module_utils._destination import plan_destination
 from ansible_collections.liveupdate.qemu.plugins.module_utils._discovery import (
     managed_paths, memory_reasons, probe_binary, qmp_socket_of, query_vm, state_reasons,
 )
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput, LiveUpdateError
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import (
-    QemuProcess, kill_and_wait, launch_daemonized, process_alive, shutdown_ladder, take_fd, tap_fd_of,
+    QemuProcess, kill_and_wait, launch_daemonized, process_alive, qemu_processes, shutdown_ladder, take_fd,
+    tap_fd_of,
 )
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPError, QMPSession
 from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import Vm
@@ -131,7 +135,8 @@ class UpdateLock:
     def __init__(self, runtime_dir, qmp_socket, wait):
         directory = os.path.join(runtime_dir, '.locks')
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        self.path = os.path.join(directory, qmp_socket.strip('/').replace('/', '%') + '.lock')
+        key = os.path.normpath(canonical_path(os.path.abspath(qmp_socket)))
+        self.path = os.path.join(directory, key.strip('/').replace('/', '%') + '.lock')
         self.wait = wait
         self.fd = None
 
@@ -160,9 +165,10 @@ class UpdateLock:
 class LiveUpdate:
     """One live update; ``run()`` returns the module result or raises UpdateFailed."""
 
-    def __init__(self, params, check_mode):
+    def __init__(self, params, check_mode, probes=None):
         self.params = params
         self.check_mode = check_mode
+        self.probes = {} if probes is None else probes  # target binary -> probe_binary(), shared by a batch
         self.timeout = params['timeout']
         self.switch = Switch()
         self.timings = {}
@@ -218,7 +224,9 @@ class LiveUpdate:
         source = self.source
         vm = query_vm(src, source.proc.pid)
         self.before = vm
-        self.target = probe_binary(target)
+        if target not in self.probes:
+            self.probes[target] = probe_binary(target)
+        self.target = self.probes[target]
         self.result['old'] = dict(pid=source.proc.pid, binary=source.proc.exe, **vm['running'])
         self.result['target'] = dict(binary=target, version=self.target['version'], package=self.target['package'])
         up_to_date = (source.proc.binary_state() == 'current'
@@ -329,8 +337,7 @@ class LiveUpdate:
                 modes[canonical] = os.stat(canonical)
             except OSError:
                 pass
-        self.result['stop_method'] = shutdown_ladder(self.source.proc.pid, lambda: src.execute('quit'),
-                                                     self.params['shutdown_timeout'])
+        self.result['stop_method'] = self._stop_source(src)
         for temporary, canonical in self.plan.renames:
             if os.path.exists(temporary):
                 if canonical in modes:
@@ -376,14 +383,31 @@ class LiveUpdate:
 
     def _quit_source_after_commit(self, src):
         try:
-            shutdown_ladder(self.source.proc.pid, lambda: src.execute('quit'), self.params['shutdown_timeout'])
+            self._stop_source(src)
         except LiveUpdateError:
             pass
+
+    def _stop_source(self, src):
+        """The shutdown ladder for the source, after the switch. A backend with
+        discard-data=on would punch the guest's pages out of the shared memory
+        file when the source exits: the destination runs on that file now."""
+        for backend in self.before['memory_backends']:
+            if backend['type'] == 'memory-backend-file':
+                try:
+                    src.execute('qom-set', {'path': '/objects/%s' % backend['id'], 'property': 'discard-data',
+                                            'value': False})
+                except QMPError:
+                    if not self.switch.committed:
+                        raise
+        return shutdown_ladder(self.source.proc.pid, lambda: src.execute('quit'), self.params['shutdown_timeout'])
 
     def rollback(self, src):
         """Before the switch: destination killed and cleaned, source back in its run state."""
         if self.dest_pid is not None:
             kill_and_wait(self.dest_pid)
+        for proc in qemu_processes():  # a destination that hung before writing its pidfile
+            if proc.uses_file(self.plan.pidfile):
+                kill_and_wait(proc.pid)
         for temporary, dummy in self.plan.renames:
             if os.path.exists(temporary):
                 os.unlink(temporary)
@@ -407,3 +431,30 @@ class LiveUpdate:
             return src.execute('query-status')['status'] == self.before['status']
         except LiveUpdateError:
             return False
+
+
+def update_many(params, vms, check_mode, concurrency=1, stop_on_failure=True):
+    """Live-update several VMs (each a dict with name, socket or pid), ``concurrency``
+    at a time. Returns one result per VM that was started, in order; a failed one
+    has ``failed: True`` and its message. With ``stop_on_failure`` no VM is started
+    after the first failure."""
+    probes = {}
+    failed = threading.Event()
+
+    def one(vm):
+        if stop_on_failure and failed.is_set():
+            return None
+        vm_params = dict(params, name=None, socket=None, pid=None)
+        vm_params.update((k, v) for k, v in vm.items() if v is not None)
+        try:
+            return LiveUpdate(vm_params, check_mode, probes).run()
+        except (LiveUpdateError, OSError) as exc:
+            failed.set()
+            details = exc.details if isinstance(exc, LiveUpdateError) else {}
+            result = dict(details, failed=True, changed=False, msg=str(exc))
+            result.setdefault('vm', dict((k, v) for k, v in vm.items() if v is not None))
+            return result
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        results = list(pool.map(one, vms))
+    return [r for r in results if r is not None]

@@ -142,15 +142,17 @@ def launch_daemonized(argv, log_path, pass_fds=()):
     os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
     with open(log_path, 'ab') as log:
         start = log.tell()
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, check=False,
-                              timeout=LAUNCH_TIMEOUT, pass_fds=tuple(pass_fds))
-    if proc.returncode != 0:
+        try:
+            rc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, check=False,
+                                timeout=LAUNCH_TIMEOUT, pass_fds=tuple(pass_fds)).returncode
+        except subprocess.TimeoutExpired:
+            rc = None
+    if rc != 0:
         with open(log_path, 'rb') as log:
             log.seek(start)
-            output = log.read().decode('utf-8', 'replace').strip()[-2000:]
-        output = output or '(no output)'
-        raise LaunchError('QEMU exited with code %d at start: %s' % (proc.returncode, output),
-                          argv=argv, rc=proc.returncode, output=output)
+            output = log.read().decode('utf-8', 'replace').strip()[-2000:] or '(no output)'
+        what = 'did not start within %ds' % LAUNCH_TIMEOUT if rc is None else 'exited with code %d at start' % rc
+        raise LaunchError('QEMU %s: %s' % (what, output), argv=argv, rc=rc, output=output)
 
 
 def shutdown_ladder(pid, request_quit, step_timeout):

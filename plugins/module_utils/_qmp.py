@@ -121,11 +121,18 @@ class QMPSession:
     def connect(self):
         check_socket_path(self.path)
         deadline = time.monotonic() + self.timeout
+        dropped = None  # why the previous attempt failed, when it is retried
         while True:
             self._loop = asyncio.new_event_loop()
             try:
                 self._run(self._connect(), max(deadline - time.monotonic(), 0.01), 'the QMP greeting')
                 return self
+            except QMPTimeout:
+                self.close()
+                if dropped is None:
+                    raise
+                raise QMPConnectError('QMP peer %s closed the connection before its greeting: %s'
+                                      % (self.path, dropped), socket=self.path)
             except ConnectError as exc:
                 self.close()
                 cause = exc.exc
@@ -134,6 +141,7 @@ class QMPSession:
                 # A monitor still tearing down its previous client may drop a new
                 # connection before the greeting: try again while time is left.
                 if isinstance(cause, (EOFError, ConnectionResetError)) or getattr(cause, 'errno', None) == errno.EINVAL:
+                    dropped = cause or 'end of file'
                     if time.monotonic() + 0.05 < deadline:
                         time.sleep(0.05)
                         continue

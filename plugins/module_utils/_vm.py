@@ -149,8 +149,7 @@ class Vm:
         try:
             launch_daemonized(argv, self.paths.qemu_log)
         except LaunchError as exc:
-            raise VmStartError('QEMU for VM %s exited with code %d at start: %s'
-                               % (self.name, exc.details['rc'], exc.details['output']), **exc.details)
+            raise VmStartError('VM %s: %s' % (self.name, exc), **exc.details)
         # A daemonized QEMU sets umask 027 for itself; sockets are for root alone.
         for path in (self.paths.qmp_socket, self.paths.serial_socket, self.paths.vnc_socket):
             if os.path.exists(path):

@@ -40,6 +40,31 @@ options:
   pid:
     description: Process id of the QEMU to update; its QMP socket is taken from its command line.
     type: int
+  vms:
+    description:
+      - Several VMs to update in one task, each given by O(vms[].name), O(vms[].socket) or O(vms[].pid).
+        The result then has one entry per VM in RV(results).
+      - Exactly one of O(name), O(socket), O(pid) and O(vms) is required.
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: As O(name).
+        type: str
+      socket:
+        description: As O(socket).
+        type: path
+      pid:
+        description: As O(pid).
+        type: int
+  concurrency:
+    description: With O(vms), how many VMs are updated at the same time.
+    type: int
+    default: 1
+  stop_on_failure:
+    description: With O(vms), start no further update after one has failed.
+    type: bool
+    default: true
   target_binary:
     description: The QEMU binary to move the VM to, a path or a name looked up in C(PATH).
     type: str
@@ -155,10 +180,30 @@ reasons:
   returned: failure in preflight
   type: list
   elements: str
+results:
+  description:
+    - With O(vms), one entry per VM that was started, in order, each with the return values above
+      (C(vm), C(old), C(new), C(guest_pause_ms), ...), or C(failed), C(msg), C(step) and C(rolled_back).
+  returned: with O(vms)
+  type: list
+  elements: dict
 '''
 
-from ansible_collections.liveupdate.qemu.plugins.module_utils._live_update import LiveUpdate
+import signal
+
+from ansible_collections.liveupdate.qemu.plugins.module_utils._live_update import LiveUpdate, update_many
 from ansible_collections.liveupdate.qemu.plugins.module_utils._module import LiveUpdateModule
+
+
+def run_batch(module):
+    results = update_many(module.params, module.params['vms'], module.check_mode,
+                          module.params['concurrency'], module.params['stop_on_failure'])
+    failed = [r for r in results if r.get('failed')]
+    result = dict(changed=any(r.get('changed') for r in results), results=results)
+    if failed:
+        module.fail_json(msg='%d of %d live updates failed: %s' % (len(failed), len(module.params['vms']),
+                                                                    '; '.join(r['msg'] for r in failed)), **result)
+    return result
 
 
 def main():
@@ -173,11 +218,21 @@ def main():
             migration_timeout=dict(type='float', default=60),
             lock_timeout=dict(type='float', default=0),
             shutdown_timeout=dict(type='float', default=10),
+            vms=dict(type='list', elements='dict', options=dict(
+                name=dict(type='str'), socket=dict(type='path'), pid=dict(type='int'),
+            ), mutually_exclusive=[('name', 'socket', 'pid')], required_one_of=[('name', 'socket', 'pid')]),
+            concurrency=dict(type='int', default=1),
+            stop_on_failure=dict(type='bool', default=True),
         ),
-        mutually_exclusive=[('name', 'socket', 'pid')],
-        required_one_of=[('name', 'socket', 'pid')],
+        mutually_exclusive=[('name', 'socket', 'pid', 'vms')],
+        required_one_of=[('name', 'socket', 'pid', 'vms')],
         supports_check_mode=True)
-    module.run(lambda: LiveUpdate(module.params, module.check_mode).run())
+    # A controller that goes away mid-update must not leave a VM half-moved: finish it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if module.params['vms'] is not None:
+        module.run(lambda: run_batch(module))
+    else:
+        module.run(lambda: LiveUpdate(module.params, module.check_mode).run())
 
 
 if __name__ == '__main__':

@@ -25,17 +25,18 @@ OPTS_CASES = [
     ('append=a=b', [('append', 'a=b')], None),
     ('size=', [('size', '')], None),
     # 'key' without '=' after the head is QEMU's shorthand for key=on
-    ('socket,server,nowait', [(None, 'socket'), ('server', 'on'), ('nowait', 'on')],
-     'socket,server=on,nowait=on'),
+    # QEMU reads a bare noKEY as KEY=off
+    ('socket,server,nowait', [(None, 'socket'), ('server', 'on'), ('wait', 'off')],
+     'socket,server=on,wait=off'),
     ('', [(None, '')], None),
-    # JSON syntax (-object '{...}'): booleans become on/off, numbers strings
+    # JSON syntax (-object '{...}'): booleans read as on/off, numbers as strings; written back as JSON
     ('{"qom-type": "memory-backend-file", "id": "mem0", "size": 1073741824, "share": true, "mem-path": "/a,b"}',
      [('qom-type', 'memory-backend-file'), ('id', 'mem0'), ('size', '1073741824'), ('share', 'on'),
       ('mem-path', '/a,b')],
-     'qom-type=memory-backend-file,id=mem0,size=1073741824,share=on,mem-path=/a,,b'),
+     '{"qom-type": "memory-backend-file", "id": "mem0", "size": 1073741824, "share": true, "mem-path": "/a,b"}'),
     ('{"qom-type": "memory-backend-ram", "id": "m", "share": false, "host-nodes": [0, 1]}',
      [('qom-type', 'memory-backend-ram'), ('id', 'm'), ('share', 'off'), ('host-nodes', '[0, 1]')],
-     'qom-type=memory-backend-ram,id=m,share=off,host-nodes=[0,, 1]'),
+     '{"qom-type": "memory-backend-ram", "id": "m", "share": false, "host-nodes": [0, 1]}'),
     # not JSON after all: parsed as a key=value list
     ('{broken', [(None, '{broken')], None),
 ]
