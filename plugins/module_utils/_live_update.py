@@ -24,10 +24,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import canonical_path
+from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import QemuOpts, canonical_path
 from ansible_collections.liveupdate.qemu.plugins.module_utils._destination import plan_destination
 from ansible_collections.liveupdate.qemu.plugins.module_utils._discovery import (
-    managed_paths, memory_reasons, probe_binary, qmp_socket_of, query_vm, state_reasons,
+    managed_paths, memory_backends, memory_reasons, probe_binary, qmp_socket_of, query_vm, state_reasons,
 )
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput, LiveUpdateError
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import (
@@ -67,6 +67,17 @@ def host_forwards(qmp):
             rules.append((netdev, '%s:%s:%s-%s:%s' % (fwd.group('proto').lower(), haddr, fwd.group('hport'),
                                                       fwd.group('gaddr'), fwd.group('gport'))))
     return rules
+
+
+def temporaries(proc):
+    """The PATH.lu-TOKEN files named on a destination's command line that still exist."""
+    found = []
+    for arg in proc.argv:
+        for value in [arg] + [v for dummy, v in QemuOpts.parse(arg).items]:
+            value = value[len('unix:'):] if value.startswith('unix:') else value
+            if canonical_path(value) != value and os.path.exists(value) and value not in found:
+                found.append(value)
+    return found
 
 
 class Switch:
@@ -193,6 +204,8 @@ class LiveUpdate:
             with QMPSession(qmp_socket, self.timeout) as src:
                 self.source = source = connect_source(src, proc, self.params['runtime_dir'])
                 self.result.update(vm=dict(name=source.name, qmp_socket=qmp_socket, managed=source.paths is not None))
+                if self._timed('recover', self.recover, src):
+                    return self._finish()
                 if not self._timed('preflight', self.preflight, src, target):
                     return self._finish()
                 if self.check_mode:
@@ -218,6 +231,66 @@ class LiveUpdate:
         return self.result
 
     # --- preflight ---
+
+    # --- an earlier update that was interrupted (its module process killed) ---
+
+    def recover(self, src):
+        """Settle other QEMUs left on this VM's memory file by an interrupted update, so
+        that exactly one runs it. Returns True when that settled the VM (nothing more to do)."""
+        memory = [b['path'] for b in memory_backends(src, self.source.proc.pid) if b['path']]
+        others = [p for p in qemu_processes() if p.pid != self.source.proc.pid and any(p.uses_file(m) for m in memory)]
+        if not others:
+            return False
+        mine = src.execute('query-status')['status']
+        for other in others:
+            status = self._status_of(other)
+            self.result.setdefault('recovered', []).append(dict(pid=other.pid, status=status))
+            if mine != 'postmigrate' and status in ('inmigrate', 'paused', 'prelaunch', 'postmigrate', None):
+                # A destination that never ran the guest (the source still has it), or a
+                # source the switch left behind: neither may run again.
+                kill_and_wait(other.pid)
+                self._remove_temporaries(other)
+            elif mine == 'postmigrate' and status in ('inmigrate', 'paused', 'prelaunch'):
+                # Migrated, never resumed on the destination: the guest goes back to the source.
+                kill_and_wait(other.pid)
+                self._remove_temporaries(other)
+                self.switch.resume_source(src, other.pid)
+            elif mine == 'postmigrate' and status == 'running':
+                # The switch happened: complete it, the destination keeps the guest.
+                self.switch.commit()
+                shutdown_ladder(self.source.proc.pid, lambda: src.execute('quit'), self.params['shutdown_timeout'])
+                for path in temporaries(other):
+                    os.rename(path, canonical_path(path))
+                if self.source.paths:
+                    self.dest_argv = other.argv
+                    self._record(self.source.paths)
+                self.result.update(changed=True, msg='completed an interrupted live update: VM %s runs on pid %d'
+                                   % (self.source.name, other.pid), new=dict(pid=other.pid, binary=other.exe))
+                return True
+            else:
+                raise UpdateFailed('VM %s: QEMU pid %d (%s) and pid %d (%s) both map its memory; settle them first'
+                                   % (self.source.name, self.source.proc.pid, mine, other.pid, status),
+                                   step='recover', rolled_back=True)
+        return False
+
+    @staticmethod
+    def _remove_temporaries(proc):
+        for path in temporaries(proc):
+            os.unlink(path)
+
+    def _status_of(self, proc):
+        """Run state of another QEMU over any QMP socket its command line names, or None."""
+        for path in proc.cmdline.qmp_sockets():
+            for candidate in (path, canonical_path(path)):
+                if candidate == self.source.qmp_socket or not os.path.exists(candidate):
+                    continue
+                try:
+                    with QMPSession(candidate, self.timeout) as qmp:
+                        if qmp.peer_pid == proc.pid:
+                            return qmp.execute('query-status')['status']
+                except QMPError:
+                    continue
+        return None
 
     def preflight(self, src, target):
         """Everything that could refuse the update; returns False when there is nothing to do."""
@@ -268,8 +341,9 @@ class LiveUpdate:
                                        step='spawn', rolled_back=True)
                 fds.append(take_fd(self.source.proc.pid, fd))
             self.dest_argv = self.plan.argv(target, fds)
-            log = self.source.paths.qemu_log if self.source.paths else self.lock.path[:-len('.lock')] + '.log'
-            launch_daemonized(self.dest_argv, log, pass_fds=fds)
+            self.dest_log = self.source.paths.qemu_log if self.source.paths else self.lock.path[:-len('.lock')] + '.log'
+            self.dest_log_start = os.path.getsize(self.dest_log) if os.path.exists(self.dest_log) else 0
+            launch_daemonized(self.dest_argv, self.dest_log, pass_fds=fds)
         finally:
             for fd in fds:
                 os.close(fd)
@@ -300,8 +374,19 @@ class LiveUpdate:
             src.execute('migrate_cancel')
             raise
         if event['data']['status'] != 'completed':
-            raise UpdateFailed('the destination reports the migration %s' % event['data']['status'],
+            time.sleep(0.1)  # let the destination write why
+            raise UpdateFailed('the destination reports the migration %s: %s'
+                               % (event['data']['status'], self._dest_output() or 'no message'),
                                step='migrate', rolled_back=True)
+
+    def _dest_output(self):
+        """What the destination wrote to its log since it was launched."""
+        try:
+            with open(self.dest_log, 'rb') as handle:
+                handle.seek(self.dest_log_start)
+                return handle.read().decode('utf-8', 'replace').strip()[-1000:]
+        except OSError:
+            return ''
 
     # --- switch ---
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput
+from ansible_collections.liveupdate.qemu.plugins.module_utils._live_update import UpdateLock
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import qemu_processes
 from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import Vm, users_of
 from ansible_collections.liveupdate.qemu.plugins.module_utils._vm_spec import VmSpec, resolve_binary, validate_name
@@ -96,9 +97,12 @@ class VmManager:
             return self._result(False, before, after)
         if self.check_mode:
             return self._result(True, before, after, proc)
-        method = self.vm.stop(proc, self.params['timeout'], self.params['shutdown_timeout']) if proc else None
-        info = self.vm.info(proc, 'stopped')
-        self.vm.remove_files()
+        # Never under a live update of the same VM: wait for it to end.
+        with UpdateLock(self.params['runtime_dir'], self.vm.paths.qmp_socket, self.params['shutdown_timeout']):
+            proc = self.vm.process()
+            method = self.vm.stop(proc, self.params['timeout'], self.params['shutdown_timeout']) if proc else None
+            info = self.vm.info(proc, 'stopped')
+            self.vm.remove_files()
         result = self._result(True, before, after, stop_method=method)
         result['vm'] = info
         return result

@@ -21,7 +21,8 @@ description:
     silent restart; a different O(binary) only gives a warning, because moving a running VM to another binary is
     what M(liveupdate.qemu.live_update) does.
   - Stopping uses a ladder (QMP C(quit), then SIGTERM, then SIGKILL, each given O(shutdown_timeout) seconds) and
-    removes the memory file and the runtime directory. The guest is not asked to shut down.
+    removes the memory file and the runtime directory. The guest is not asked to shut down. A live update of the
+    VM that is under way is waited for (up to O(shutdown_timeout) seconds) first.
   - Files left by a VM that died are removed before it starts again.
 options:
   name:
