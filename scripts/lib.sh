@@ -4,7 +4,7 @@
 # Layout of a checkout once scripts/setup.sh has run (all ignored by git):
 #   .venv/                      controller + test tooling (requirements-dev.txt)
 #   .cache/guest/               the test guest (tools/build-guest.sh)
-#   .cache/qemu/                the oldest QEMU build, staged side by side (tools/stage-qemu.sh)
+#   .cache/qemu/                the oldest QEMU build, staged side by side (roles/qemu_build/files/stage-qemu.sh)
 #   .build/liveupdate-qemu-*.tar.gz   the collection artifact (ansible-galaxy collection build)
 #   .build/collections/         that artifact installed (ANSIBLE_COLLECTIONS_PATH)
 #   .build/sanity/              the copy that ansible-test sanity runs in

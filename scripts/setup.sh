@@ -5,7 +5,7 @@
 #   1. Debian packages (apt-get update only when a package is missing)
 #   2. .venv from requirements-dev.txt (rebuilt when that file or the interpreter changes)
 #   3. the test guest in .cache/guest (tools/build-guest.sh)
-#   4. the oldest QEMU build staged in .cache/qemu (tools/stage-qemu.sh)
+#   4. the oldest QEMU build staged in .cache/qemu (roles/qemu_build/files/stage-qemu.sh)
 #   5. the collection built with `ansible-galaxy collection build` into .build/, that tarball
 #      installed into .build/collections, and `ansible-doc` run on every module of it
 #   6. .build/env.sh, to `source` for PATH, ANSIBLE_COLLECTIONS_PATH, LIVEUPDATE_GUEST_DIR,
@@ -13,7 +13,8 @@
 #
 # Environment:
 #   LIVEUPDATE_PYTHON    interpreter for .venv (default /usr/bin/python3; must be >= 3.11)
-#   LIVEUPDATE_OLD_QEMU  only read when tools/stage-qemu.sh does not exist: the old QEMU to use
+#   LIVEUPDATE_OLD_QEMU  only read when roles/qemu_build/files/stage-qemu.sh does not exist: the old
+#                        QEMU to use
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -28,6 +29,7 @@ DEB_PACKAGES=(
     python3 python3-venv python3-pip
     git            # the file list of the sanity copy (scripts/test.sh)
     openssh-client # ansible's ssh connection for remote hypervisors
+    openssh-server # the sshd of each molecule test host (molecule/default/testhosts.sh)
     rsync          # the sanity copy (scripts/test.sh)
     shellcheck     # ansible-test sanity's shellcheck test on scripts/ and tools/
     iproute2       # network namespaces and taps of the tap NIC test
@@ -99,20 +101,20 @@ build_guest() {
 }
 
 stage_old_qemu() {
-    if [[ ! -e tools/stage-qemu.sh ]]; then
+    if [[ ! -e roles/qemu_build/files/stage-qemu.sh ]]; then
         if [[ -n ${LIVEUPDATE_OLD_QEMU:-} && -x ${LIVEUPDATE_OLD_QEMU:-} ]]; then
-            log "WARNING: tools/stage-qemu.sh does not exist; using LIVEUPDATE_OLD_QEMU=$LIVEUPDATE_OLD_QEMU from the environment"
+            log "WARNING: roles/qemu_build/files/stage-qemu.sh does not exist; using LIVEUPDATE_OLD_QEMU=$LIVEUPDATE_OLD_QEMU from the environment"
             OLD_QEMU=$LIVEUPDATE_OLD_QEMU
             return
         fi
-        die "tools/stage-qemu.sh does not exist: the old QEMU build cannot be staged (or set LIVEUPDATE_OLD_QEMU to an executable QEMU)"
+        die "roles/qemu_build/files/stage-qemu.sh does not exist: the old QEMU build cannot be staged (or set LIVEUPDATE_OLD_QEMU to an executable QEMU)"
     fi
-    log "old QEMU: tools/stage-qemu.sh --oldest .cache/qemu"
+    log "old QEMU: roles/qemu_build/files/stage-qemu.sh --oldest .cache/qemu"
     local out
-    out=$(bash tools/stage-qemu.sh --oldest "$LU_CACHE/qemu")
+    out=$(bash roles/qemu_build/files/stage-qemu.sh --oldest "$LU_CACHE/qemu")
     OLD_QEMU=$(printf '%s\n' "$out" | awk 'NF { last = $0 } END { print last }')
     [[ -n $OLD_QEMU && -x $OLD_QEMU ]] ||
-        die "tools/stage-qemu.sh printed no executable wrapper path (its output: ${out:-nothing})"
+        die "roles/qemu_build/files/stage-qemu.sh printed no executable wrapper path (its output: ${out:-nothing})"
     "$OLD_QEMU" --version | head -n1 | sed 's/^/[setup] old QEMU: /' >&2
 }
 

@@ -7,6 +7,8 @@
 #                ansible_collections/liveupdate/qemu (.build/sanity)
 #   unit         pytest tests/unit
 #   integration  pytest tests/integration: real QEMU guests under TCG, real ansible-playbook
+#   molecule     molecule test (molecule/default): the fleet rollout on three test hypervisors,
+#                each in namespaces of its own and reached over SSH, two guests on each
 #
 # Usage: scripts/test.sh [STAGE...]   (default: all; setup always runs first)
 #
@@ -17,7 +19,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$LU_ROOT"
 
-ALL_STAGES=(lint sanity unit integration)
+ALL_STAGES=(lint sanity unit integration molecule)
 # ansible-test runs the sanity tests with the venv's Python (Debian 12's python3: 3.11).
 # Other versions the compile and import sanity tests run on too, when a real interpreter of that
 # version is at hand (pyenv's, on the machines of this project). Debian 12 has 3.11 only.
@@ -131,6 +133,12 @@ run_pytest() {
     return "$rc"
 }
 
+# molecule/default, every step of `molecule test` (destroy, syntax, create, prepare, converge,
+# idempotence, verify, destroy). Its hosts are destroyed whether it passes or fails.
+run_molecule() {
+    NO_COLOR=1 ANSIBLE_NOCOLOR=1 molecule test
+}
+
 total_start=$(date +%s)
 lu_stage setup run_setup
 if wanted lint; then lu_stage lint run_lint; fi
@@ -138,5 +146,6 @@ if wanted sanity; then lu_stage sanity run_sanity; fi
 if wanted unit; then lu_stage unit run_pytest tests/unit; fi
 # --durations: the slowest tests, to keep an eye on the CI budget (90 min on 2 cores).
 if wanted integration; then lu_stage integration run_pytest tests/integration --durations=15; fi
+if wanted molecule; then lu_stage molecule run_molecule; fi
 lu_summary
 log "all stages passed in $(lu_fmt_duration $(($(date +%s) - total_start)))"

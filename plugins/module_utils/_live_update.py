@@ -24,7 +24,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import QemuOpts, canonical_path
+from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import QemuOpts, canonical_path, is_on
 from ansible_collections.liveupdate.qemu.plugins.module_utils._destination import plan_destination
 from ansible_collections.liveupdate.qemu.plugins.module_utils._discovery import (
     managed_paths, memory_backends, memory_reasons, probe_binary, qmp_socket_of, query_vm, state_reasons,
@@ -67,6 +67,15 @@ def host_forwards(qmp):
             rules.append((netdev, '%s:%s:%s-%s:%s' % (fwd.group('proto').lower(), haddr, fwd.group('hport'),
                                                       fwd.group('gaddr'), fwd.group('gport'))))
     return rules
+
+
+def maps_shared(proc, paths):
+    """True when ``proc``'s command line maps one of ``paths`` as a share=on memory backend
+    (a clone that maps a file share=off has RAM of its own)."""
+    for backend in proc.cmdline.memory_backends():
+        if backend.get('mem-path') in paths and is_on(backend.get('share', 'off')):
+            return True
+    return False
 
 
 def temporaries(proc):
@@ -230,21 +239,21 @@ class LiveUpdate:
         self.result['timings'] = self.timings
         return self.result
 
-    # --- preflight ---
-
     # --- an earlier update that was interrupted (its module process killed) ---
 
     def recover(self, src):
         """Settle other QEMUs left on this VM's memory file by an interrupted update, so
         that exactly one runs it. Returns True when that settled the VM (nothing more to do)."""
-        memory = [b['path'] for b in memory_backends(src, self.source.proc.pid) if b['path']]
-        others = [p for p in qemu_processes() if p.pid != self.source.proc.pid and any(p.uses_file(m) for m in memory)]
+        memory = set(b['path'] for b in memory_backends(src, self.source.proc.pid) if b['share'] and b['path'])
+        others = [p for p in qemu_processes() if p.pid != self.source.proc.pid and maps_shared(p, memory)]
         if not others:
             return False
         mine = src.execute('query-status')['status']
         for other in others:
             status = self._status_of(other)
             self.result.setdefault('recovered', []).append(dict(pid=other.pid, status=status))
+            if self.check_mode:
+                continue
             if mine != 'postmigrate' and status in ('inmigrate', 'paused', 'prelaunch', 'postmigrate', None):
                 # A destination that never ran the guest (the source still has it), or a
                 # source the switch left behind: neither may run again.
@@ -291,6 +300,8 @@ class LiveUpdate:
                 except QMPError:
                     continue
         return None
+
+    # --- preflight ---
 
     def preflight(self, src, target):
         """Everything that could refuse the update; returns False when there is nothing to do."""

@@ -28,6 +28,8 @@ description:
     source is stopped too, the memory file is left in place, and the VM must be started again.
   - A VM that already runs the target's QEMU version and package from a binary that was neither deleted nor
     replaced is left alone, unless O(force).
+  - An update interrupted half-way (its module process killed) leaves a second QEMU on the VM's memory; the next
+    update of that VM first settles it (see RV(recovered)), so that exactly one process runs the guest.
   - What the source holds that a second process cannot share (TCP listeners, VNC on a TCP display, stdio, ptys,
     C(-snapshot)) is refused in preflight, naming the option.
 options:
@@ -180,6 +182,15 @@ reasons:
   returned: failure in preflight
   type: list
   elements: str
+recovered:
+  description:
+    - Other QEMU processes found mapping the VM's memory (shared) that an interrupted update left behind, with
+      their run state (C(pid), C(status)). They are settled before the update (in check mode only listed) - a
+      destination that never ran the guest is killed, a left-over source is quit, and a destination that already
+      runs the guest keeps it (then C(msg) says the interrupted update was completed and nothing else is done).
+  returned: when such processes were found
+  type: list
+  elements: dict
 results:
   description:
     - With O(vms), one entry per VM that was started, in order, each with the return values above
@@ -201,8 +212,9 @@ def run_batch(module):
     failed = [r for r in results if r.get('failed')]
     result = dict(changed=any(r.get('changed') for r in results), results=results)
     if failed:
-        module.fail_json(msg='%d of %d live updates failed: %s' % (len(failed), len(module.params['vms']),
-                                                                    '; '.join(r['msg'] for r in failed)), **result)
+        summary = '; '.join(r['msg'] for r in failed)
+        module.fail_json(msg='%d of %d live updates failed: %s' % (len(failed), len(module.params['vms']), summary),
+                         **result)
     return result
 
 

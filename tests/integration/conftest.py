@@ -5,7 +5,7 @@ and real guests (TCG). scripts/setup.sh provides the environment:
 
 - ANSIBLE_COLLECTIONS_PATH: the installed collection
 - LIVEUPDATE_GUEST_DIR: vmlinux + initramfs.gz of the test guest (tools/build-guest.sh)
-- LIVEUPDATE_OLD_QEMU: the older QEMU build staged side by side (tools/stage-qemu.sh)
+- LIVEUPDATE_OLD_QEMU: the older QEMU build staged side by side (roles/qemu_build/files/stage-qemu.sh)
 """
 
 from __future__ import annotations

@@ -71,8 +71,9 @@ def test_vm_on_old_build_is_outdated(ansible, bare_spec, old_qemu):
         ansible.module('vm', dict(name='lut-old', state='stopped'))
 
 
-def test_deleted_binary_is_outdated(ansible, bare_spec, tmp_path):
-    # A copy in a tree shaped like /usr, so that QEMU finds its modules and data relative to itself.
+def binary_copy(tmp_path):
+    """A copy of the installed QEMU in a tree shaped like /usr, so that it finds its modules and
+    data relative to itself."""
     usr = tmp_path / 'usr'
     (usr / 'bin').mkdir(parents=True)
     (usr / 'lib' / 'x86_64-linux-gnu').mkdir(parents=True)
@@ -80,6 +81,11 @@ def test_deleted_binary_is_outdated(ansible, bare_spec, tmp_path):
     os.symlink('/usr/share', str(usr / 'share'))
     copy = str(usr / 'bin' / 'qemu-system-x86_64')
     shutil.copy2(INSTALLED, copy)
+    return copy
+
+
+def test_deleted_binary_is_outdated(ansible, bare_spec, tmp_path):
+    copy = binary_copy(tmp_path)
     started = ansible.module('vm', bare_spec('lut-deleted', binary=copy))
     assert started['vm']['status'] == 'running', started
     os.unlink(copy)
@@ -92,13 +98,7 @@ def test_deleted_binary_is_outdated(ansible, bare_spec, tmp_path):
 
 
 def test_replaced_binary_is_outdated(ansible, bare_spec, tmp_path):
-    usr = tmp_path / 'usr'
-    (usr / 'bin').mkdir(parents=True)
-    (usr / 'lib' / 'x86_64-linux-gnu').mkdir(parents=True)
-    os.symlink('/usr/lib/x86_64-linux-gnu/qemu', str(usr / 'lib' / 'x86_64-linux-gnu' / 'qemu'))
-    os.symlink('/usr/share', str(usr / 'share'))
-    copy = str(usr / 'bin' / 'qemu-system-x86_64')
-    shutil.copy2(INSTALLED, copy)
+    copy = binary_copy(tmp_path)
     started = ansible.module('vm', bare_spec('lut-replaced', binary=copy))
     # What a package upgrade does: a new file renamed over the old path.
     shutil.copy2(INSTALLED, copy + '.new')
