@@ -7,8 +7,6 @@ qemu.qmp requirement, the QMP target, and the one failure path."""
 
 from __future__ import annotations
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput, LiveUpdateError
@@ -71,9 +69,3 @@ class LiveUpdateModule(AnsibleModule):
             self.warn(warning)
         self.exit_json(**result)
 
-
-def same_file(a, b):
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
