@@ -402,7 +402,13 @@ class LiveUpdate:
     # --- switch ---
 
     def switch_over(self, src):
+        # The destination can report the migration complete while the source is still
+        # finishing its side (finish-migrate): wait for the source to settle.
+        deadline = time.monotonic() + self.timeout
         status = src.execute('query-status')['status']
+        while status == 'finish-migrate' and time.monotonic() < deadline:
+            time.sleep(0.001)
+            status = src.execute('query-status')['status']
         if status != 'postmigrate':
             raise UpdateFailed('source is %s after the migration, not postmigrate' % status, step='switch')
         self.switch.commit()
