@@ -68,4 +68,3 @@ class LiveUpdateModule(AnsibleModule):
         for warning in result.pop('warnings', []):
             self.warn(warning)
         self.exit_json(**result)
-

@@ -1,0 +1,1028 @@
+# -*- coding: utf-8 -*-
+# Copyright: liveupdate.qemu contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Benchmark of liveupdate.qemu.live_update against an ordinary full-copy local migration.
+
+For each size S GiB it starts one test guest (tools/guest-init.sh) with S GiB of RAM on the
+older QEMU build, fills about 75% of it inside the guest (lu.fill_mb) and waits for
+LU-MEM-READY, then:
+
+1. live-updates it through the real module (``ansible localhost -m liveupdate.qemu.live_update``)
+   older -> newer -> older ... for --runs runs, and records the module's guest_pause_ms,
+   migration figures and per-step timings, the wall time of the ansible command, and the
+   guest's own view: the largest heartbeat uptime step across the update;
+2. measures once the size of the whole x-ignore-shared migration stream (device state included:
+   the module's ``bytes`` is QEMU's ram.transferred counter only), by migrating the source into
+   ``exec:wc -c`` and resuming it (no destination ever ran, so resuming the source is safe);
+3. migrates the same guest with a plain full-copy local migration driven over QMP (no
+   x-ignore-shared; the destination has the same command line with its own QMP socket,
+   pidfile, serial socket and its own memory file), with max-bandwidth unlimited and with
+   QEMU's default, --full-copy-runs times each.
+
+It prints figures, not verdicts on correctness; the summary compares them with the targets.
+
+    bash scripts/setup.sh && source .build/env.sh
+    python benchmarks/live_update.py --sizes 1,4,8 --runs 10 --full-copy-runs 1 --json out.json
+
+Everything it creates lives under --runtime-dir (VMs named bench-<S>g) and --memory-dir, and is
+removed at the end, also after a failure, Ctrl-C or SIGTERM. docs/performance.md has the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+
+from qemu.qmp import QMPError
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+
+import guestlog  # noqa: E402  (tools/guestlog.py)
+
+NEWER = '/usr/bin/qemu-system-x86_64'
+QEMU_DEFAULT_BANDWIDTH = 128 << 20  # QEMU 7.2's max-bandwidth default (bytes/s)
+TARGETS = dict(pause_p99_ms=20.0, pause_ratio=1.2, bytes=1 << 20, engine_s=0.25, speedup=30.0)
+HEARTBEATS_AFTER = 10  # heartbeats (100 ms apart) to wait for after an update
+BASELINE_HEARTBEATS = 30  # heartbeats before an update whose largest step is the baseline
+
+
+class BenchError(Exception):
+    pass
+
+
+class GuestLost(BenchError):
+    """The guest stopped printing heartbeats on the new process (a kernel panic, for one)."""
+
+
+def log(msg):
+    sys.stderr.write('[bench %s] %s\n' % (time.strftime('%H:%M:%S'), msg))
+    sys.stderr.flush()
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt('signal %d' % signum)
+
+
+# --- statistics ---
+
+def p99(values):
+    """Nearest-rank 99th percentile: with fewer than 100 values, the maximum."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
+
+
+def stats(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return dict(n=len(values), median=statistics.median(values), p99=p99(values), min=min(values), max=max(values))
+
+
+# --- machine ---
+
+def qemu_processes():
+    """[(pid, argv)] of every qemu-system process on the machine."""
+    found = []
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open('/proc/%s/cmdline' % entry, 'rb') as handle:
+                argv = [a.decode('utf-8', 'replace') for a in handle.read().split(b'\0')[:-1]]
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]).startswith('qemu-system-'):
+            found.append((int(entry), argv))
+    return found
+
+
+def load_snapshot(mine=()):
+    with open('/proc/loadavg') as handle:
+        load = handle.read().split()[:3]
+    others = [pid for pid, argv in qemu_processes() if not any(m in ' '.join(argv) for m in mine)]
+    return dict(time=time.strftime('%Y-%m-%d %H:%M:%S'), loadavg=[float(x) for x in load], other_qemu=len(others))
+
+
+def meminfo():
+    values = {}
+    with open('/proc/meminfo') as handle:
+        for line in handle:
+            key, rest = line.split(':', 1)
+            values[key] = int(rest.split()[0]) * 1024
+    return values
+
+
+def qemu_version(binary):
+    out = subprocess.run([binary, '--version'], capture_output=True, text=True, check=True).stdout
+    return out.splitlines()[0].replace('QEMU emulator version ', '')
+
+
+def machine_info(old, new):
+    with open('/proc/cpuinfo') as handle:
+        model = next((line.split(':', 1)[1].strip() for line in handle if line.startswith('model name')), '?')
+    shm = os.statvfs('/dev/shm')
+    return dict(cores=os.cpu_count(), cpu=model, mem_total_gib=round(meminfo()['MemTotal'] / 2 ** 30, 1),
+                shm_gib=round(shm.f_blocks * shm.f_frsize / 2 ** 30, 1), kernel=os.uname().release,
+                accel='tcg', old_qemu=dict(binary=old, version=qemu_version(old)),
+                new_qemu=dict(binary=new, version=qemu_version(new)))
+
+
+# --- ansible ---
+
+class Ansible:
+    """Runs one module of the collection with ``ansible localhost -m``."""
+
+    def __init__(self, runtime_dir, collections):
+        self.runtime_dir = runtime_dir
+        self.env = dict(os.environ, ANSIBLE_NOCOLOR='1', ANSIBLE_LOCALHOST_WARNING='0', ANSIBLE_COLLECTIONS_PATH=collections,
+                        ANSIBLE_INVENTORY_UNPARSED_WARNING='0', ANSIBLE_DEPRECATION_WARNINGS='0')
+
+    def module(self, module, args, timeout=900):
+        args = dict(args, runtime_dir=self.runtime_dir)
+        cmd = ['ansible', 'localhost', '-e', 'ansible_python_interpreter=%s' % sys.executable,
+               '-m', 'liveupdate.qemu.%s' % module, '-a', json.dumps(args)]
+        start = time.monotonic()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env, timeout=timeout, check=False)
+        wall = time.monotonic() - start
+        out = proc.stdout
+        marker = out.find('=>')
+        if marker < 0:
+            raise BenchError('ansible -m %s printed no result (rc %d):\n%s\n%s' % (module, proc.returncode, out, proc.stderr))
+        result = json.JSONDecoder().raw_decode(out[marker + 2:].lstrip())[0]
+        result['_wall_s'] = wall
+        return result
+
+
+def build_collection(rev, workdir):
+    """Build and install the collection as committed at ``rev`` (git archive), so that edits in the
+    working tree or a rebuild of .build/collections during the run do not change what is measured."""
+    src, out, dest = (os.path.join(workdir, d) for d in ('src', 'build', 'collections'))
+    os.makedirs(src)
+    commit = subprocess.run(['git', '-C', ROOT, 'rev-parse', rev], capture_output=True, text=True, check=True).stdout.strip()
+    archive = subprocess.run(['git', '-C', ROOT, 'archive', commit], capture_output=True, check=True).stdout
+    subprocess.run(['tar', '-x', '-C', src], input=archive, check=True)
+    subprocess.run(['ansible-galaxy', 'collection', 'build', '--output-path', out, src], capture_output=True, check=True)
+    tarball = [os.path.join(out, f) for f in os.listdir(out) if f.endswith('.tar.gz')][0]
+    subprocess.run(['ansible-galaxy', 'collection', 'install', '--offline', '--force', '-p', dest, tarball], capture_output=True, check=True)
+    return commit, dest
+
+
+def collection_identity(collections):
+    """sha256 of the installed engine and module, to tell which code was measured."""
+    base = os.path.join(collections.split(':')[0], 'ansible_collections', 'liveupdate', 'qemu', 'plugins')
+    ident = {}
+    for rel in ('module_utils/_live_update.py', 'modules/live_update.py'):
+        with open(os.path.join(base, rel), 'rb') as handle:
+            ident[rel] = hashlib.sha256(handle.read()).hexdigest()[:16]
+    return ident
+
+
+# --- QMP ---
+
+class Qmp:
+    """A synchronous QMP connection that keeps every event it has seen."""
+
+    def __init__(self, path, timeout=30.0):
+        self.mon = QEMUMonitorProtocol(path)
+        self.mon.connect(negotiate=True)
+        self.mon.settimeout(timeout)
+        self.events = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        try:
+            self.mon.close()
+        except Exception:  # pylint: disable=broad-except
+            pass
+
+    def execute(self, command, **args):
+        return self.mon.cmd(command, **args)
+
+    def _pull(self, wait):
+        try:
+            event = self.mon.pull_event(wait=float(wait) if wait else False)
+        except TimeoutError:
+            return None
+        if event is not None:
+            self.events.append(event)
+        return event
+
+    def drain(self):
+        while self._pull(False) is not None:
+            pass
+        self.events = []
+
+    def wait_event(self, name, timeout, pred=lambda e: True):
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for event in self.events[seen:]:
+                if event['event'] == name and pred(event):
+                    return event
+            seen = len(self.events)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError('no %s event within %gs (seen: %s)' % (name, timeout, [e['event'] for e in self.events]))
+            self._pull(min(left, 1.0))
+
+
+def rss_shmem_mib(pid):
+    """How much of the shared memory file the process has mapped in its page tables (RssShmem)."""
+    try:
+        with open('/proc/%d/status' % pid) as handle:
+            for line in handle:
+                if line.startswith('RssShmem:'):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return None
+
+
+def event_time(event):
+    return event['timestamp']['seconds'] + event['timestamp']['microseconds'] / 1e6
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open('/proc/%d/stat' % pid) as handle:
+            return handle.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except OSError:
+        return False
+
+
+def wait_gone(pid, timeout):
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def kill_pid(pid, timeout=10):
+    """SIGTERM, then SIGKILL, one process of ours."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        if wait_gone(pid, timeout):
+            return
+
+
+def read_argv_env(pid):
+    with open('/proc/%d/cmdline' % pid, 'rb') as handle:
+        argv = [a.decode('utf-8', 'surrogateescape') for a in handle.read().split(b'\0')[:-1]]
+    env = {}
+    with open('/proc/%d/environ' % pid, 'rb') as handle:
+        for item in handle.read().split(b'\0'):
+            key, sep, value = item.decode('utf-8', 'surrogateescape').partition('=')
+            if sep:
+                env[key] = value
+    return argv, env
+
+
+def replace_opt(value, key, new):
+    """Replace key=... in a QEMU option string (no commas inside our values)."""
+    parts = value.split(',')
+    return ','.join('%s=%s' % (key, new) if p.startswith(key + '=') else p for p in parts)
+
+
+def destination_argv(argv, qmp, pidfile, serial, mem_path, machine):
+    """The source's command line for a full-copy destination: own QMP socket, pidfile, serial
+    socket (same log file, appended to) and memory file, the machine type pinned, -incoming."""
+    out, i = [argv[0]], 1
+    while i < len(argv):
+        opt = argv[i]
+        value = argv[i + 1] if i + 1 < len(argv) else None
+        if opt == '-qmp':
+            out += [opt, 'unix:%s,server=on,wait=off' % qmp]
+        elif opt == '-pidfile':
+            out += [opt, pidfile]
+        elif opt == '-chardev' and value.startswith('socket,') and 'path=' in value:
+            out += [opt, replace_opt(value, 'path', serial)]
+        elif opt == '-object' and 'mem-path=' in value:
+            out += [opt, replace_opt(value, 'mem-path', mem_path)]
+        elif opt == '-machine':
+            parts = value.split(',')
+            if '=' not in parts[0]:
+                parts[0] = machine
+            out += [opt, ','.join(parts)]
+        elif opt in ('-S', '-daemonize'):
+            i += 1
+            continue
+        elif opt == '-incoming':
+            i += 2
+            continue
+        else:
+            out.append(opt)
+            i += 1
+            continue
+        i += 2
+    return out + ['-incoming', 'defer', '-daemonize']
+
+
+# --- the guest ---
+
+class GuestWatch:
+    """The guest's serial log: heartbeats around one event."""
+
+    def __init__(self, path):
+        self.follower = guestlog.LogFollower(path)
+        self.floor = 0  # heartbeats before this index belong to an earlier event
+
+    def summary(self):
+        return self.follower.poll()
+
+    def mark(self, settle=0.0):
+        """The index of the next heartbeat, after ``settle`` seconds of quiet guest: the baseline window."""
+        time.sleep(settle)
+        return len(self.summary().heartbeats)
+
+    def around(self, mark, timeout=60, pid=None, resumed=None):
+        """Wait for HEARTBEATS_AFTER heartbeats after ``resumed`` (the heartbeat index when the guest
+        was resumed on the new process; default ``mark``); the largest uptime step since ``mark``, the
+        largest one in the BASELINE_HEARTBEATS before it, and continuity."""
+        deadline = time.monotonic() + timeout
+        need = (mark if resumed is None else resumed) + HEARTBEATS_AFTER
+        while True:
+            s = self.summary()
+            if len(s.heartbeats) >= need:
+                break
+            if time.monotonic() > deadline or (pid is not None and not pid_alive(pid)):
+                gone = '' if pid is None or pid_alive(pid) else '; its QEMU pid %d is gone' % pid
+                waited = timeout - (deadline - time.monotonic())
+                raise GuestLost('guest printed %d heartbeats in %.0fs after it was resumed on the new process (need %d)%s'
+                                % (len(s.heartbeats) - need + HEARTBEATS_AFTER, waited, HEARTBEATS_AFTER, gone))
+            time.sleep(0.05)
+        hb = s.heartbeats
+        after = hb[max(mark - 1, 0):]
+        before = hb[max(mark - BASELINE_HEARTBEATS, self.floor):mark]
+        self.floor = len(hb)
+
+        def max_step(seq):
+            steps = [b[2] - a[2] for a, b in zip(seq, seq[1:]) if a[1] == b[1]]
+            return round(max(steps) * 1000) if steps else None
+
+        jumps = [(a[0], b[0]) for a, b in zip(after, after[1:]) if b[0] != a[0] + 1 or b[1] != a[1]]
+        return dict(gap_ms=max_step(after), baseline_gap_ms=max_step(before),
+                    continuous=not jumps and s.mem_bad == 0 and not s.mem_md5_changed and len(s.boot_ids) == 1,
+                    counter_jumps=jumps, first_hb=after[0][0] if after else None, boot_ids=len(s.boot_ids),
+                    mem_ok=s.mem_ok, mem_bad=s.mem_bad, mem_md5_changed=s.mem_md5_changed)
+
+
+# --- one size ---
+
+class SizeBench:
+    def __init__(self, args, ansible, size_gib, old, new, cleanup):
+        self.args = args
+        self.ansible = ansible
+        self.size = size_gib
+        self.old, self.new = old, new
+        self.name = 'bench-%sg' % str(size_gib).replace('.', '_')
+        self.fill_mb = int(size_gib * 1024 * args.fill_ratio)
+        self.cleanup = cleanup
+        self.vm = None
+        self.result = dict(size_gib=size_gib, fill_mb=self.fill_mb, live_update=[], full_copy=[], errors=[])
+        self.current = None  # dict(pid, qmp, mem_path, mine) of the process that runs the guest now
+
+    # start and fill
+
+    def start(self):
+        guest = os.environ['LIVEUPDATE_GUEST_DIR']
+        self.cleanup.vms.append(self.name)
+        self.ansible.module('vm', dict(name=self.name, state='stopped'))  # leftovers of an earlier run of ours
+        args = dict(name=self.name, memory='%dM' % int(self.size * 1024), accel=['tcg'],
+                    kernel=os.path.join(guest, 'vmlinux'), initrd=os.path.join(guest, 'initramfs.gz'),
+                    append='console=ttyS0 quiet lu.fill_mb=%d' % self.fill_mb, binary=self.old,
+                    memory_dir=self.args.memory_dir)
+        start = time.monotonic()
+        res = self.ansible.module('vm', args)
+        if res.get('failed') or not res.get('vm', {}).get('pid'):
+            raise BenchError('cannot start VM %s: %s' % (self.name, res.get('msg')))
+        self.vm = res['vm']
+        self.cleanup.pids.add(self.vm['pid'])
+        self.cleanup.files.add(self.vm['memory_file'])
+        self.current = dict(pid=self.vm['pid'], qmp=self.vm['qmp_socket'], mem_path=self.vm['memory_file'], mine=False)
+        self.watch = GuestWatch(self.vm['serial_log'])
+        log('%s: started (pid %d, %s RAM); filling %d MiB inside the guest' % (self.name, self.vm['pid'], args['memory'], self.fill_mb))
+        deadline = time.monotonic() + 180 + self.fill_mb * 0.2
+        last_report = time.monotonic()
+        while True:
+            s = self.watch.summary()
+            if s.mem_ready_md5 is not None:
+                break
+            if time.monotonic() > deadline:
+                raise BenchError('%s: no LU-MEM-READY after %.0fs' % (self.name, time.monotonic() - start))
+            if not pid_alive(self.current['pid']):
+                raise BenchError('%s: QEMU exited during the fill' % self.name)
+            if time.monotonic() - last_report > 60:
+                log('%s: still filling (%.0fs, guest uptime %ss)' % (self.name, time.monotonic() - start, s.last_uptime))
+                last_report = time.monotonic()
+            time.sleep(0.5)
+        self.result['fill_s'] = round(time.monotonic() - start, 1)
+        self.watch.around(self.watch.mark(), timeout=60)  # a few heartbeats after the fill
+        rss = self.shm_used(self.vm['memory_file'])
+        self.result['memory_file_resident_mib'] = rss
+        log('%s: LU-MEM-READY after %.0fs; memory file holds %d MiB' % (self.name, self.result['fill_s'], rss))
+
+    @staticmethod
+    def shm_used(path):
+        return round(os.stat(path).st_blocks * 512 / 2 ** 20)
+
+    # 1. live updates through the module
+
+    def live_updates(self):
+        on_old = True
+        failures = self.result.setdefault('live_update_failures', [])
+        for run in range(self.args.runs):
+            target = self.new if on_old else self.old
+            mark = self.watch.mark(self.args.pause_between)
+            load = load_snapshot([self.args.runtime_dir])
+            rss_before = rss_shmem_mib(self.current['pid'])
+            res = self.ansible.module('live_update', dict(name=self.name, target_binary=target))
+            if res.get('failed') or not res.get('changed'):
+                failures.append(dict(run=run, msg=res.get('msg'), step=res.get('step'), rolled_back=res.get('rolled_back'),
+                                     timings=res.get('timings'), load=load, result=res))
+                log('%s: live update %d/%d FAILED at %s (rolled back: %s): %s'
+                    % (self.name, run + 1, self.args.runs, res.get('step'), res.get('rolled_back'), res.get('msg')))
+                # A failure that rolled back leaves the guest running on its source: go on with the next run.
+                if res.get('rolled_back') is not True or not pid_alive(self.current['pid']) or len(failures) >= 3:
+                    raise BenchError('%s: live update %d failed: %s' % (self.name, run, json.dumps(res, indent=1)[:3000]))
+                self.watch.around(mark, pid=self.current['pid'])
+                continue
+            on_old = not on_old
+            self.cleanup.pids.add(res['new']['pid'])
+            self.current.update(pid=res['new']['pid'])
+            rss_after = rss_shmem_mib(self.current['pid'])
+            # The module has returned: the switch is over. Heartbeats since ``mark`` may all predate it.
+            guest = self.watch.around(mark, pid=self.current['pid'], resumed=self.watch.mark())
+            rss_later = rss_shmem_mib(self.current['pid'])
+            t = res.get('timings', {})
+            rec = dict(run=run, direction='%s -> %s' % (res['old']['version'], res['new']['version']),
+                       guest_pause_ms=res.get('guest_pause_ms'), total_time_ms=res['migration'].get('total_time_ms'),
+                       downtime_ms=res['migration'].get('downtime_ms'), setup_time_ms=res['migration'].get('setup_time_ms'),
+                       bytes=res['migration'].get('bytes'), full_copy=res['migration'].get('full_copy'),
+                       engine_s=t.get('engine'), timings=t, stop_method=res.get('stop_method'),
+                       module_s=round(sum(t.get(k, 0) for k in ('locate', 'preflight', 'engine')), 4),
+                       ansible_wall_s=round(res['_wall_s'], 3), guest=guest, load=load,
+                       rss_shmem_mib=dict(source_before=rss_before, new_after_update=rss_after, new_1s_later=rss_later))
+            self.result['live_update'].append(rec)
+            log('%s: live update %d/%d %s: pause %.1f ms, total %s ms, downtime %s ms, %s bytes, engine %.3f s, '
+                'ansible %.2f s, guest step %s ms (baseline %s)%s'
+                % (self.name, run + 1, self.args.runs, rec['direction'], rec['guest_pause_ms'], rec['total_time_ms'],
+                   rec['downtime_ms'], rec['bytes'], rec['engine_s'], rec['ansible_wall_s'], guest['gap_ms'],
+                   guest['baseline_gap_ms'], '' if guest['continuous'] else ' NOT CONTINUOUS'))
+
+    # control: a plain stop / cont of the same guest (no migration), for the guest's view
+
+    def stop_cont(self, hold_s):
+        mark = self.watch.mark(self.args.pause_between)
+        with Qmp(self.current['qmp']) as qmp:
+            qmp.drain()
+            qmp.execute('stop')
+            time.sleep(hold_s)
+            qmp.execute('cont')
+            stop = qmp.wait_event('STOP', 10)
+            resume = qmp.wait_event('RESUME', 10)
+        guest = self.watch.around(mark, pid=self.current['pid'], resumed=self.watch.mark())
+        rec = dict(hold_s=hold_s, pause_ms=round((event_time(resume) - event_time(stop)) * 1000, 3), guest=guest)
+        self.result.setdefault('stop_cont', []).append(rec)
+        log('%s: control stop/cont (hold %g s): pause %.1f ms, guest step %s ms (baseline %s)'
+            % (self.name, hold_s, rec['pause_ms'], guest['gap_ms'], guest['baseline_gap_ms']))
+
+    # 2. the whole stream of an x-ignore-shared migration
+
+    def stream_size(self):
+        out = os.path.join(self.args.runtime_dir, '%s.stream-bytes' % self.name)
+        mark = self.watch.mark(self.args.pause_between)
+        with Qmp(self.current['qmp']) as qmp:
+            before = {c['capability']: c['state'] for c in qmp.execute('query-migrate-capabilities')}
+            if qmp.execute('query-status')['status'] != 'running':
+                raise BenchError('%s is not running' % self.name)
+            qmp.execute('migrate-set-capabilities', capabilities=[
+                {'capability': 'x-ignore-shared', 'state': True}, {'capability': 'events', 'state': True}])
+            try:
+                qmp.drain()
+                qmp.execute('migrate', uri='exec:wc -c > %s' % out)
+                ev = qmp.wait_event('MIGRATION', 60, lambda e: e['data']['status'] in ('completed', 'failed', 'cancelled'))
+                stats_ = qmp.execute('query-migrate')
+                # No destination ever ran this guest: resuming the source is safe.
+                if qmp.execute('query-status')['status'] != 'running':
+                    qmp.execute('cont')
+            finally:
+                qmp.execute('migrate-set-capabilities', capabilities=[
+                    {'capability': c, 'state': before[c]} for c in ('x-ignore-shared', 'events')])
+        deadline = time.monotonic() + 10
+        while not (os.path.exists(out) and os.path.getsize(out)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with open(out) as handle:
+            total = int(handle.read().split()[0])
+        os.unlink(out)
+        guest = self.watch.around(mark, pid=self.current['pid'], resumed=self.watch.mark())
+        self.result['stream'] = dict(status=ev['data']['status'], stream_bytes=total,
+                                     ram_transferred=stats_.get('ram', {}).get('transferred'),
+                                     total_time_ms=stats_.get('total-time'), downtime_ms=stats_.get('downtime'), guest=guest)
+        log('%s: whole x-ignore-shared stream: %d bytes (ram.transferred %s)' % (self.name, total, self.result['stream']['ram_transferred']))
+
+    # 3. full-copy migrations
+
+    def full_copies(self):
+        plans = []
+        for mode in self.args.full_copy_modes:
+            plans += [mode] * self.args.full_copy_runs
+        need = int(self.size * 2 ** 30)
+        avail = min(meminfo()['MemAvailable'], shutil.disk_usage(self.args.memory_dir).free)
+        if avail < need + (2 << 30):
+            msg = 'skipped: %d MiB available, a second copy of the guest RAM needs %d MiB + 2 GiB margin' % (avail >> 20, need >> 20)
+            self.result['full_copy_skipped'] = msg
+            log('%s: full copy %s' % (self.name, msg))
+            return
+        spare = os.path.join(self.args.memory_dir, 'liveupdate-qemu-%s.fullcopy.ram' % self.name)
+        self.cleanup.files.add(spare)
+        for index, mode in enumerate(plans):
+            # The destination takes the memory file the source does not use (two files in turn).
+            dest_mem = spare if self.current['mem_path'] != spare else self.vm['memory_file']
+            rec = self.full_copy(index, mode, dest_mem)
+            self.result['full_copy'].append(rec)
+            if 'lost' in rec['guest']:
+                raise GuestLost('%s: the guest did not survive full copy %d (%s); no more full copies of it'
+                                % (self.name, index, rec['guest']['lost']))
+
+    def full_copy(self, index, mode, dest_mem):
+        src = self.current
+        tag = '%s.fc%d' % (self.name, index)
+        base = os.path.join(self.args.runtime_dir, tag)
+        qmp_path, pidfile, serial, mig = base + '.qmp', base + '.pid', base + '.serial', base + '.migrate'
+        argv, env = read_argv_env(src['pid'])
+        mark = self.watch.mark(self.args.pause_between)
+        load = load_snapshot([self.args.runtime_dir])
+        with Qmp(src['qmp']) as sq:
+            machine = sq.execute('qom-get', path='/machine', property='type')
+            machine = machine[:-len('-machine')] if machine.endswith('-machine') else machine
+            dargv = destination_argv(argv, qmp_path, pidfile, serial, dest_mem, machine)
+            denv = dict(os.environ)
+            if 'QEMU_MODULE_DIR' in env:
+                denv['QEMU_MODULE_DIR'] = env['QEMU_MODULE_DIR']
+            if os.path.exists(dest_mem):
+                os.truncate(dest_mem, 0)  # a fresh file: no pages left from an earlier copy
+            t_spawn = time.monotonic()
+            proc = subprocess.run(dargv, env=denv, capture_output=True, text=True, check=False, timeout=120)
+            if proc.returncode != 0:
+                raise BenchError('full-copy destination failed to start: %s' % (proc.stderr or proc.stdout))
+            with open(pidfile) as handle:
+                dpid = int(handle.read().strip())
+            self.cleanup.pids.add(dpid)
+            self.cleanup.files.update([qmp_path, pidfile, serial, mig])
+            with Qmp(qmp_path) as dq:
+                caps = [{'capability': 'events', 'state': True}, {'capability': 'x-ignore-shared', 'state': False}]
+                dq.execute('migrate-set-capabilities', capabilities=caps)
+                dq.execute('migrate-incoming', uri='unix:%s' % mig)
+                sq.execute('migrate-set-capabilities', capabilities=caps)
+                if mode == 'unlimited':
+                    sq.execute('migrate-set-parameters', **{'max-bandwidth': self.args.unlimited_bandwidth})
+                params = sq.execute('query-migrate-parameters')
+                sq.drain()
+                dq.drain()
+                t_migrate = time.monotonic()
+                sq.execute('migrate', uri='unix:%s' % mig)
+                timeout = 120 + self.size * 2 ** 30 / QEMU_DEFAULT_BANDWIDTH * 3
+                ev = dq.wait_event('MIGRATION', timeout, lambda e: e['data']['status'] in ('completed', 'failed', 'cancelled'))
+                if ev['data']['status'] != 'completed':
+                    sq.wait_event('MIGRATION', 10, lambda e: e['data']['status'] in ('completed', 'failed', 'cancelled'))
+                    raise BenchError('full copy %s: destination reports %s; source: %s'
+                                     % (tag, ev['data']['status'], sq.execute('query-migrate')))
+                resume = dq.wait_event('RESUME', 60)
+                t_resumed = time.monotonic()
+                resumed = self.watch.mark()  # the guest ran on the source during the copy: count from here
+                stop = sq.wait_event('STOP', 10)
+                sq.wait_event('MIGRATION', 30, lambda e: e['data']['status'] == 'completed')
+                # QEMU 7.2 emits 'completed' before it computes total-time and downtime: wait for them.
+                deadline = time.monotonic() + 5
+                while True:
+                    st = sq.execute('query-migrate')
+                    if st.get('total-time') or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.01)
+                # The destination runs the guest now: the source must never run again.
+                try:
+                    sq.execute('quit')
+                # The reply may be lost as QEMU exits.
+                except Exception:  # pylint: disable=broad-except
+                    pass
+        if not wait_gone(src['pid'], 10):
+            kill_pid(src['pid'])
+        t_gone = time.monotonic()
+        self.current = dict(pid=dpid, qmp=qmp_path, mem_path=dest_mem, mine=True)
+        if src['mem_path'] != self.vm['memory_file'] and os.path.exists(src['mem_path']):
+            os.truncate(src['mem_path'], 0)  # give the old copy's memory back
+        ram = st.get('ram', {})
+        try:
+            guest = self.watch.around(mark, pid=self.current['pid'], resumed=resumed)
+        except GuestLost as exc:
+            guest = dict(lost=str(exc), console_tail=self.console_tail())
+        dest_resident = self.shm_used(dest_mem)
+        rec = dict(index=index, mode=mode, max_bandwidth=params.get('max-bandwidth'), downtime_limit_ms=params.get('downtime-limit'),
+                   guest_pause_ms=round((event_time(resume) - event_time(stop)) * 1000, 3),
+                   total_time_ms=st.get('total-time'), downtime_ms=st.get('downtime'), setup_time_ms=st.get('setup-time'),
+                   bytes=ram.get('transferred'), ram_total=ram.get('total'), dirty_sync_count=ram.get('dirty-sync-count'),
+                   mbps=ram.get('mbps'), migrate_wall_s=round(t_resumed - t_migrate, 3), engine_s=round(t_gone - t_spawn, 3),
+                   spawn_s=round(t_migrate - t_spawn, 3), dest_file_resident_mib=dest_resident, guest=guest, load=load)
+        if 'lost' in guest:
+            log('%s: full copy %d (%s): pause %.1f ms, total %s ms, %s bytes; GUEST LOST on the destination: %s; console: %s'
+                % (self.name, index, mode, rec['guest_pause_ms'], rec['total_time_ms'], rec['bytes'], guest['lost'],
+                   ' | '.join(guest['console_tail'][-3:])))
+            return rec
+        log('%s: full copy %d (%s, max-bandwidth %s): pause %.1f ms, total %s ms, downtime %s ms, %s bytes, '
+            'new process -> old gone %.2f s, guest step %s ms (baseline %s)%s'
+            % (self.name, index, mode, rec['max_bandwidth'], rec['guest_pause_ms'], rec['total_time_ms'], rec['downtime_ms'],
+               rec['bytes'], rec['engine_s'], guest['gap_ms'], guest['baseline_gap_ms'], '' if guest['continuous'] else ' NOT CONTINUOUS'))
+        return rec
+
+    def console_tail(self, lines=12):
+        """The last lines of the guest console that are not heartbeats (a kernel panic shows there)."""
+        with open(self.vm['serial_log'], 'rb') as handle:
+            handle.seek(max(0, os.path.getsize(self.vm['serial_log']) - 65536))
+            text = handle.read().decode('utf-8', 'replace')
+        return [line.strip() for line in text.splitlines() if line.strip() and 'LU-HB' not in line][-lines:]
+
+    def diagnose(self):
+        """What the process that should run the guest looks like now (for an error report)."""
+        cur = dict(self.current or {})
+        if not cur:
+            return cur
+        cur['alive'] = pid_alive(cur['pid'])
+        try:
+            cur['argv'] = read_argv_env(cur['pid'])[0]
+            with Qmp(cur['qmp'], timeout=5) as qmp:
+                cur['status'] = qmp.execute('query-status')
+                cur['migrate'] = qmp.execute('query-migrate')
+        except Exception as exc:  # pylint: disable=broad-except
+            cur['diagnose_error'] = '%s: %s' % (type(exc).__name__, exc)
+        return cur
+
+    def stop(self):
+        """Stop the guest whatever runs it; remove its files."""
+        if self.args.keep_logs and self.vm is not None and os.path.exists(self.vm['serial_log']):
+            os.makedirs(self.args.keep_logs, exist_ok=True)
+            shutil.copy(self.vm['serial_log'], os.path.join(self.args.keep_logs, '%s.serial.log' % self.name))
+        cur = self.current
+        if cur and cur.get('mine'):
+            kill_pid(cur['pid'])
+        if self.vm is not None:
+            self.ansible.module('vm', dict(name=self.name, state='stopped'))
+
+
+class Cleanup:
+    """What this run created: removed at the end whatever happened."""
+
+    def __init__(self, args, ansible):
+        self.args = args
+        self.ansible = ansible
+        self.vms = []
+        self.pids = set()
+        self.files = set()
+
+    def run(self):
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the cleanup finish
+        try:
+            for name in self.vms:
+                try:
+                    self.ansible.module('vm', dict(name=name, state='stopped'), timeout=120)
+                except Exception as exc:  # pylint: disable=broad-except
+                    log('cleanup: vm %s state=stopped: %s' % (name, exc))
+            # A destination that an interrupted module run had started is not in self.pids: every QEMU whose
+            # command line names our runtime directory was started by this run (we hold its lock).
+            self.pids.update(pid for pid, argv in qemu_processes() if (self.args.runtime_dir + '/') in ' '.join(argv))
+            for pid in sorted(self.pids):
+                # Only processes this run started, and only if the pid still is one of them.
+                if pid_alive(pid):
+                    try:
+                        argv, dummy = read_argv_env(pid)
+                    except OSError:
+                        continue
+                    text = ' '.join(argv)
+                    if self.args.runtime_dir in text or any(f in text for f in self.files):
+                        log('cleanup: killing QEMU pid %d' % pid)
+                        kill_pid(pid)
+            for path in sorted(self.files):
+                if os.path.lexists(path):
+                    os.unlink(path)
+            for name in self.vms:
+                shutil.rmtree(os.path.join(self.args.runtime_dir, name), ignore_errors=True)
+            # The runtime directory is ours (we hold its .bench.lock): remove it when only lock files are left.
+            shutil.rmtree(os.path.join(self.args.runtime_dir, '.collection'), ignore_errors=True)
+            left = [e for e in os.listdir(self.args.runtime_dir) if e not in ('.bench.lock', '.locks')]
+            if not left:
+                shutil.rmtree(self.args.runtime_dir, ignore_errors=True)
+        finally:
+            signal.signal(signal.SIGINT, old)
+
+
+# --- report ---
+
+def fmt(v, unit='', key=None):
+    if v is None:
+        return '-'
+    if key == 'bytes':
+        for div, name in ((1e9, 'GB'), (1e6, 'MB'), (1e3, 'kB')):
+            if v >= div:
+                return '%.3g %s' % (v / div, name)
+        return '%d B' % v
+    if isinstance(v, float):
+        v = ('%.3f' % v) if abs(v) < 1 else ('%.1f' % v) if abs(v) < 100 else ('%.0f' % v)
+    return '%s%s' % (v, unit)
+
+
+def summarize(size):
+    lu, fc = size['live_update'], size['full_copy']
+    keys = ['guest_pause_ms', 'total_time_ms', 'downtime_ms', 'bytes', 'engine_s', 'ansible_wall_s']
+    out = dict(live_update={k: stats([r[k] for r in lu]) for k in keys})
+    out['live_update']['guest_gap_ms'] = stats([r['guest']['gap_ms'] for r in lu])
+    out['live_update']['baseline_gap_ms'] = stats([r['guest']['baseline_gap_ms'] for r in lu])
+    out['live_update']['continuous'] = all(r['guest']['continuous'] for r in lu) if lu else None
+    for mode in ('unlimited', 'default'):
+        rows = [r for r in fc if r['mode'] == mode]
+        if rows:
+            out['full_copy_' + mode] = {k: stats([r[k] for r in rows])
+                                        for k in ('guest_pause_ms', 'total_time_ms', 'downtime_ms', 'bytes', 'engine_s', 'migrate_wall_s')}
+            out['full_copy_' + mode]['guest_gap_ms'] = stats([r['guest'].get('gap_ms') for r in rows])
+            out['full_copy_' + mode]['baseline_gap_ms'] = stats([r['guest'].get('baseline_gap_ms') for r in rows])
+            out['full_copy_' + mode]['continuous'] = all(r['guest'].get('continuous') for r in rows)
+    steps = {}
+    for r in lu:
+        for k, v in r['timings'].items():
+            steps.setdefault(k, []).append(v)
+    out['engine_steps'] = {k: stats(v) for k, v in steps.items()}
+    return out
+
+
+def print_size(size, summ):
+    lu = summ['live_update']
+    n = lu['guest_pause_ms']['n'] if lu['guest_pause_ms'] else 0
+    print()
+    print('=== %s GiB guest, %d MiB filled (memory file %s MiB resident), fill took %ss ===' % (
+        size['size_gib'], size['fill_mb'], size.get('memory_file_resident_mib'), size.get('fill_s')))
+    cols = [('live update (module)', lu)]
+    for mode in ('unlimited', 'default'):
+        if 'full_copy_' + mode in summ:
+            cols.append(('full copy, bw %s' % mode, summ['full_copy_' + mode]))
+    rows = [('guest pause, STOP->RESUME (ms)', 'guest_pause_ms'), ('migration total time (ms)', 'total_time_ms'),
+            ('downtime, QEMU (ms)', 'downtime_ms'), ('bytes moved (ram.transferred)', 'bytes'),
+            ('new process -> old gone (s)', 'engine_s'), ('ansible command wall (s)', 'ansible_wall_s'),
+            ('migrate -> guest resumed (s)', 'migrate_wall_s'),
+            ('guest: largest heartbeat step (ms)', 'guest_gap_ms'), ('  same, 3 s before (baseline)', 'baseline_gap_ms')]
+    head = '%-36s' % 'median / p99 / min (n)'
+    for title, dummy in cols:
+        head += ' | %-30s' % title
+    print(head)
+    print('-' * len(head))
+    for label, key in rows:
+        line = '%-36s' % label
+        present = False
+        for dummy, col in cols:
+            s = col.get(key)
+            if s:
+                present = True
+                line += ' | %-30s' % ('%s / %s / %s (%d)' % (fmt(s['median'], key=key), fmt(s['p99'], key=key), fmt(s['min'], key=key), s['n']))
+            else:
+                line += ' | %-30s' % '-'
+        if present:
+            print(line)
+    print('p99 is nearest-rank: with %d live-update runs it is the maximum.' % n if n < 100 else '')
+    if 'stream' in size:
+        print('whole x-ignore-shared migration stream (device state included): %d bytes' % size['stream']['stream_bytes'])
+    for r in size['full_copy']:
+        if 'lost' in r['guest']:
+            panic = [line for line in r['guest']['console_tail'] if 'panic' in line.lower()]
+            print('full copy %d (%s): the guest did not survive it on the destination: %s' % (
+                r['index'], r['mode'], (panic or r['guest']['console_tail'] or ['no console output'])[-1]))
+    if size.get('full_copy_skipped'):
+        print('full copy %s' % size['full_copy_skipped'])
+    steps = summ['engine_steps']
+    if steps:
+        print('module steps, median s: ' + ', '.join('%s %.4f' % (k, v['median']) for k, v in steps.items()))
+    if size.get('live_update_failures'):
+        print('live updates that FAILED: %d of %d attempted:' % (
+            len(size['live_update_failures']), len(size['live_update']) + len(size['live_update_failures'])))
+        for f in size['live_update_failures']:
+            print('  run %d: step %s, rolled back %s: %s' % (f['run'], f['step'], f['rolled_back'], f['msg']))
+    rss = [r.get('rss_shmem_mib') for r in size['live_update'] if r.get('rss_shmem_mib')]
+    if rss:
+        print('guest RAM mapped by the QEMU process (RssShmem, MiB, median): source before %s, new process right after %s, 1 s later %s' % tuple(
+            fmt(statistics.median([x[k] for x in rss if x[k] is not None])) for k in ('source_before', 'new_after_update', 'new_1s_later')))
+    if lu.get('continuous') is False:
+        print('WARNING: the guest log was not continuous across some live update (see JSON)')
+
+
+def verdicts(results, summaries):
+    """[(target, measured, MET/NOT MET/n/a)]."""
+    out = []
+    by_size = {s['size_gib']: summ for s, summ in zip(results, summaries)}
+    pauses = {sz: summ['live_update']['guest_pause_ms'] for sz, summ in by_size.items() if summ['live_update']['guest_pause_ms']}
+    if pauses:
+        worst = max(p['p99'] for p in pauses.values())
+        out.append(('guest pause p99 <= %g ms at every size' % TARGETS['pause_p99_ms'],
+                    ', '.join('%s GiB %.1f ms (n=%d, =max)' % (sz, p['p99'], p['n']) for sz, p in sorted(pauses.items())),
+                    'MET' if worst <= TARGETS['pause_p99_ms'] else 'NOT MET'))
+    small, big = min(pauses) if pauses else None, max(pauses) if pauses else None
+    if small is not None and big is not None and big != small:
+        r_med = pauses[big]['median'] / pauses[small]['median']
+        r_p99 = pauses[big]['p99'] / pauses[small]['p99']
+        out.append(('pause(%s GiB)/pause(%s GiB) <= %g' % (big, small, TARGETS['pause_ratio']),
+                    'medians %.1f/%.1f ms = %.2f; p99 %.1f/%.1f ms = %.2f' % (
+                        pauses[big]['median'], pauses[small]['median'], r_med, pauses[big]['p99'], pauses[small]['p99'], r_p99),
+                    'MET' if r_med <= TARGETS['pause_ratio'] else 'NOT MET'))
+    moved = [r['bytes'] for s in results for r in s['live_update'] if r['bytes'] is not None]
+    streams = [s['stream']['stream_bytes'] for s in results if 'stream' in s]
+    if moved:
+        worst = max(moved + streams)
+        out.append(('<= 1 MiB moved', 'ram.transferred max %d bytes%s' % (
+            max(moved), '; whole stream max %d bytes' % max(streams) if streams else ''), 'MET' if worst <= TARGETS['bytes'] else 'NOT MET'))
+    attempted = sum(len(s['live_update']) + len(s.get('live_update_failures', [])) for s in results)
+    failed = sum(len(s.get('live_update_failures', [])) for s in results)
+    out.append(('live updates completed (not a target)', '%d of %d; failed: %s' % (
+        attempted - failed, attempted, '; '.join(sorted({'%s' % f['msg'] for s in results for f in s.get('live_update_failures', [])})) or 'none'),
+        'MET' if failed == 0 else 'NOT MET'))
+    engines = {sz: summ['live_update']['engine_s'] for sz, summ in by_size.items() if summ['live_update']['engine_s']}
+    if engines:
+        worst = max(e['p99'] for e in engines.values())
+        out.append(('engine time <= %g s' % TARGETS['engine_s'],
+                    ', '.join('%s GiB median %.3f s, max %.3f s' % (sz, e['median'], e['max']) for sz, e in sorted(engines.items())),
+                    'MET' if worst <= TARGETS['engine_s'] else 'NOT MET'))
+    ref = 4 if 4 in by_size else None
+    if ref is not None:
+        summ = by_size[ref]
+        lu = summ['live_update']
+        for mode in ('unlimited', 'default'):
+            fc = summ.get('full_copy_' + mode)
+            if not fc or not lu['total_time_ms']:
+                continue
+            total_x = fc['total_time_ms']['median'] / max(lu['total_time_ms']['median'], 1)
+            pause_x = fc['guest_pause_ms']['median'] / lu['guest_pause_ms']['median']
+            engine_x = fc['engine_s']['median'] / lu['engine_s']['median']
+            out.append(('>= %gx faster than full copy (bw %s) at 4 GiB: migration total time' % (TARGETS['speedup'], mode),
+                        '%.0f ms vs %.0f ms = %.0fx' % (fc['total_time_ms']['median'], lu['total_time_ms']['median'], total_x),
+                        'MET' if total_x >= TARGETS['speedup'] else 'NOT MET'))
+            out.append(('>= %gx faster than full copy (bw %s) at 4 GiB: guest pause' % (TARGETS['speedup'], mode),
+                        '%.1f ms vs %.1f ms = %.0fx' % (fc['guest_pause_ms']['median'], lu['guest_pause_ms']['median'], pause_x),
+                        'MET' if pause_x >= TARGETS['speedup'] else 'NOT MET'))
+            out.append(('(%gx, bw %s, 4 GiB: new process started -> old process gone)' % (TARGETS['speedup'], mode),
+                        '%.2f s vs %.3f s = %.0fx' % (fc['engine_s']['median'], lu['engine_s']['median'], engine_x),
+                        'MET' if engine_x >= TARGETS['speedup'] else 'NOT MET'))
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n', 1)[0])
+    ap.add_argument('--sizes', default='1,4,8', help='guest RAM sizes in GiB, comma-separated (default 1,4,8)')
+    ap.add_argument('--runs', type=int, default=10, help='live updates per size, alternating older/newer build (default 10)')
+    ap.add_argument('--full-copy-runs', type=int, default=1, help='full-copy migrations per size and bandwidth mode (default 1; 0: none)')
+    ap.add_argument('--full-copy-modes', default='unlimited,default', help='max-bandwidth modes of the full copy: unlimited, default')
+    ap.add_argument('--unlimited-bandwidth', type=int, default=0,
+                    help='max-bandwidth meaning unlimited (default 0: QEMU 7.2 applies no rate limit when it is 0)')
+    ap.add_argument('--fill-ratio', type=float, default=0.75, help='share of the guest RAM filled inside the guest (default 0.75)')
+    ap.add_argument('--stop-cont', default='0.02,1', help='control: plain stop/cont held this long (s, comma-separated; empty: none)')
+    ap.add_argument('--no-stream-size', action='store_true', help='skip the measurement of the whole x-ignore-shared stream')
+    ap.add_argument('--pause-between', type=float, default=3.0,
+                    help='seconds between two live updates (default 3: the next baseline window starts after the last one)')
+    ap.add_argument('--runtime-dir', default='/run/liveupdate-qemu-bench')
+    ap.add_argument('--memory-dir', default='/dev/shm')
+    ap.add_argument('--old-binary', default=os.environ.get('LIVEUPDATE_OLD_QEMU'))
+    ap.add_argument('--new-binary', default=NEWER)
+    ap.add_argument('--keep-logs', metavar='DIR', help='copy each guest serial log into DIR before it is removed')
+    ap.add_argument('--git-rev', metavar='REV',
+                    help='measure the collection as committed at REV (built into a temporary directory); '
+                         'default: the installed one in ANSIBLE_COLLECTIONS_PATH')
+    ap.add_argument('--json', metavar='OUT', help='write every measurement and the summary as JSON')
+    args = ap.parse_args(argv)
+    args.sizes = [float(s) if '.' in s else int(s) for s in args.sizes.split(',') if s.strip()]
+    args.stop_cont = [float(x) for x in args.stop_cont.split(',') if x.strip()]
+    args.full_copy_modes = [m for m in args.full_copy_modes.split(',') if m]
+    if not set(args.full_copy_modes) <= {'unlimited', 'default'}:
+        ap.error('--full-copy-modes takes unlimited and/or default')
+    if args.full_copy_runs == 0:
+        args.full_copy_modes = []
+    for var in ('LIVEUPDATE_GUEST_DIR', 'ANSIBLE_COLLECTIONS_PATH'):
+        if not os.environ.get(var):
+            ap.error('%s is not set: source .build/env.sh first' % var)
+    if not args.old_binary or not os.access(args.old_binary, os.X_OK):
+        ap.error('no older QEMU build: set LIVEUPDATE_OLD_QEMU (source .build/env.sh) or --old-binary')
+
+    signal.signal(signal.SIGTERM, _terminate)
+    os.makedirs(args.runtime_dir, mode=0o755, exist_ok=True)
+    lock = os.open(os.path.join(args.runtime_dir, '.bench.lock'), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        ap.error('another benchmark uses %s' % args.runtime_dir)
+
+    collections, commit, workdir = os.environ['ANSIBLE_COLLECTIONS_PATH'], None, None
+    if args.git_rev:
+        workdir = os.path.join(args.runtime_dir, '.collection')
+        shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            commit, collections = build_collection(args.git_rev, workdir)
+        except (subprocess.CalledProcessError, OSError, IndexError) as exc:
+            shutil.rmtree(workdir, ignore_errors=True)
+            ap.error('cannot build the collection at %s: %s %s' % (args.git_rev, exc, getattr(exc, 'stderr', '') or ''))
+        log('measuring the collection at commit %s (%s)' % (commit[:12], collections))
+    ansible = Ansible(args.runtime_dir, collections)
+    cleanup = Cleanup(args, ansible)
+    report = dict(collection=dict(path=collections, commit=commit, sha256=collection_identity(collections)),
+                  command=' '.join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]) if argv is None else argv,
+                  host=socket.gethostname(), machine=machine_info(args.old_binary, args.new_binary),
+                  load_start=load_snapshot([args.runtime_dir]), sizes=[], started=time.strftime('%Y-%m-%d %H:%M:%S'))
+    log('machine: %d cores, %s GiB RAM, load %s, %d other QEMU processes; old %s, new %s' % (
+        report['machine']['cores'], report['machine']['mem_total_gib'], report['load_start']['loadavg'],
+        report['load_start']['other_qemu'], report['machine']['old_qemu']['version'], report['machine']['new_qemu']['version']))
+    rc = 0
+    try:
+        for size in args.sizes:
+            bench = SizeBench(args, ansible, size, args.old_binary, args.new_binary, cleanup)
+            report['sizes'].append(bench.result)
+            bench.result['load_start'] = load_snapshot([args.runtime_dir])
+            t0 = time.monotonic()
+            try:
+                bench.start()
+                for hold in args.stop_cont:
+                    bench.stop_cont(hold)
+                bench.live_updates()
+                if not args.no_stream_size:
+                    bench.stream_size()
+                if args.full_copy_modes:
+                    bench.full_copies()
+            except (BenchError, OSError, subprocess.SubprocessError, QMPError) as exc:
+                log('ERROR: %s: %s' % (type(exc).__name__, exc))
+                bench.result['errors'].append(dict(error='%s: %s' % (type(exc).__name__, exc), traceback=traceback.format_exc(),
+                                                   state=bench.diagnose()))
+                rc = 1
+            finally:
+                bench.result['load_end'] = load_snapshot([args.runtime_dir])
+                bench.result['wall_s'] = round(time.monotonic() - t0, 1)
+                try:
+                    bench.stop()
+                except Exception as exc:  # pylint: disable=broad-except
+                    log('stopping %s: %s' % (bench.name, exc))
+    except KeyboardInterrupt:
+        log('interrupted: cleaning up')
+        rc = 130
+    finally:
+        cleanup.run()
+        report['load_end'] = load_snapshot([args.runtime_dir])
+        report['finished'] = time.strftime('%Y-%m-%d %H:%M:%S')
+
+    if args.json:  # the raw measurements first, whatever happens to the summary
+        with open(args.json, 'w') as handle:
+            json.dump(report, handle, indent=1, default=str)
+    summaries = [summarize(s) for s in report['sizes']]
+    ver = verdicts(report['sizes'], summaries)
+    report['summary'] = summaries
+    report['verdicts'] = [dict(target=t, measured=m, verdict=v) for t, m, v in ver]
+    if args.json:
+        with open(args.json, 'w') as handle:
+            json.dump(report, handle, indent=1, default=str)
+        log('wrote %s' % args.json)
+    print('liveupdate.qemu live-update benchmark, %s; %d cores, TCG; older %s, newer %s' % (
+        report['started'], report['machine']['cores'], report['machine']['old_qemu']['version'], report['machine']['new_qemu']['version']))
+    print('collection measured: %s' % (report['collection']['commit'] or report['collection']['path']))
+    print('load at start %s (%d other QEMU processes), at end %s (%d)' % (
+        report['load_start']['loadavg'], report['load_start']['other_qemu'], report['load_end']['loadavg'], report['load_end']['other_qemu']))
+    for size, summ in zip(report['sizes'], summaries):
+        if size['live_update'] or size['full_copy']:
+            print_size(size, summ)
+        for err in size['errors']:
+            print('ERROR at %s GiB: %s' % (size['size_gib'], err.get('error')))
+    print()
+    print('=== targets ===')
+    for target, measured, verdict in ver:
+        print('%-8s %s: %s' % (verdict, target, measured))
+    return rc
+
+
+if __name__ == '__main__':
+    sys.exit(main())
