@@ -6,24 +6,29 @@
 
 For each size S GiB it starts one test guest (tools/guest-init.sh) with S GiB of RAM on the
 older QEMU build, fills about 75% of it inside the guest (lu.fill_mb) and waits for
-LU-MEM-READY, then:
+LU-MEM-READY, then, on that guest:
 
+0. control: a plain QMP stop held --stop-cont seconds, then cont (the guest's clock stops while
+   the VM is stopped under TCG: this shows what its heartbeat steps mean);
 1. live-updates it through the real module (``ansible localhost -m liveupdate.qemu.live_update``)
    older -> newer -> older ... for --runs runs, and records the module's guest_pause_ms,
    migration figures and per-step timings, the wall time of the ansible command, and the
-   guest's own view: the largest heartbeat uptime step across the update;
+   guest's own view: the largest heartbeat uptime step across the update; a refused update that
+   rolled back is recorded and the runs go on;
 2. measures once the size of the whole x-ignore-shared migration stream (device state included:
    the module's ``bytes`` is QEMU's ram.transferred counter only), by migrating the source into
    ``exec:wc -c`` and resuming it (no destination ever ran, so resuming the source is safe);
 3. migrates the same guest with a plain full-copy local migration driven over QMP (no
    x-ignore-shared; the destination has the same command line with its own QMP socket,
-   pidfile, serial socket and its own memory file), with max-bandwidth unlimited and with
-   QEMU's default, --full-copy-runs times each.
+   pidfile, serial socket and its own memory file, -incoming defer and no -S), with
+   max-bandwidth 0 (no limit in QEMU 7.2) and with QEMU's default, --full-copy-runs times each.
+   Under TCG, QEMU before 9.0 can lose guest stores during such a copy (the guest may panic on
+   the destination): that is detected, reported, and ends the full copies of that size.
 
 It prints figures, not verdicts on correctness; the summary compares them with the targets.
 
     bash scripts/setup.sh && source .build/env.sh
-    python benchmarks/live_update.py --sizes 1,4,8 --runs 10 --full-copy-runs 1 --json out.json
+    python benchmarks/live_update.py --git-rev HEAD --sizes 1,4,8 --runs 20 --full-copy-runs 2 --json out.json
 
 Everything it creates lives under --runtime-dir (VMs named bench-<S>g) and --memory-dir, and is
 removed at the end, also after a failure, Ctrl-C or SIGTERM. docs/performance.md has the results.
