@@ -70,6 +70,7 @@ class DestinationPlan:
         self.options = []
         self.renames = []          # (temporary path, canonical path)
         self.taps = []             # TapHandover
+        self.downscripts = []      # (netdev id, script) the source runs on its taps when it quits
         self.qmp_socket = None     # the destination's temporary QMP socket
         self.pidfile = None        # the destination's temporary pidfile
         self.canonical_pidfile = None
@@ -90,7 +91,25 @@ class DestinationPlan:
 
     def as_dict(self, binary):
         return dict(argv=self.argv(binary), renames=[list(r) for r in self.renames],
-                    taps=[t.as_dict() for t in self.taps], qmp_socket=self.qmp_socket)
+                    taps=[t.as_dict() for t in self.taps], downscripts=[list(d) for d in self.downscripts],
+                    qmp_socket=self.qmp_socket)
+
+
+def tap_downscripts(argv):
+    """[(netdev id, script)] of the taps whose downscripts the QEMU of ``argv`` runs when it
+    quits ('default': its qemu-ifdown). QEMU runs one for a tap it opened by name, unless
+    downscript=no; after a live update it would act on the interface the new QEMU uses."""
+    scripts = []
+    for name, value in QemuCommandLine.parse(argv).options:
+        if name != 'netdev':
+            continue
+        opts = QemuOpts.parse(value)
+        if opts.get('type', implied='type') != 'tap' or opts.get('fd') or opts.get('fds'):
+            continue
+        script = opts.get('downscript')
+        if script not in ('', 'no'):
+            scripts.append((opts.get('id'), script or 'default'))
+    return scripts
 
 
 def plan_destination(source_argv, control_socket, machine_type, token):
@@ -98,6 +117,7 @@ def plan_destination(source_argv, control_socket, machine_type, token):
     QMP socket the engine talks to (the destination gets its temporary twin)."""
     source = QemuCommandLine.parse(source_argv)
     plan = DestinationPlan(token)
+    plan.downscripts = tap_downscripts(source_argv)
     machine_seen = False
     for name, value in source.options:
         if name in REFUSED_FLAGS:

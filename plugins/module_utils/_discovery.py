@@ -22,6 +22,9 @@ from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import Runtime
 VERSION_RE = re.compile(r'version\s+(\d+\.\d+\.\d+)\s*(?:\((.*)\))?')
 UPDATABLE_STATES = ('running', 'paused')
 IDLE_MIGRATION_STATES = ('none', 'completed', 'failed', 'cancelled')
+# Before 9.0 a source under TCG can lose guest writes while it copies RAM (QEMU commit "physmem: Fix
+# migration dirty bitmap coherency with TCG memory access"); seen here as guests corrupted by full copies.
+TCG_FULL_COPY_SAFE_FROM = (9, 0)
 
 
 def normalize_package(package):
@@ -131,6 +134,15 @@ def memory_reasons(vm):
     return reasons
 
 
+def full_copy_risks(vm):
+    """Why copying the RAM of ``vm`` (a full-copy migration) could corrupt its guest."""
+    version = tuple(int(part) for part in vm['running']['version'].split('.')[:2])
+    if vm['kvm'] or version >= TCG_FULL_COPY_SAFE_FROM:
+        return []
+    return ['a RAM copy from QEMU %s under TCG can lose guest writes (QEMU bug fixed in 9.0)'
+            % vm['running']['version']]
+
+
 def eligibility(vm):
     """Reasons why ``vm`` cannot get a device-state-only live update (empty: eligible)."""
     return state_reasons(vm) + memory_reasons(vm)
@@ -165,6 +177,7 @@ def query_vm(qmp, pid):
                 machine=machine[:-len('-machine')] if machine.endswith('-machine') else machine,
                 migration=qmp.execute('query-migrate').get('status', 'none'),
                 capabilities=dict((c['capability'], c['state']) for c in caps),
+                kvm=qmp.execute('query-kvm')['enabled'],
                 memory_backends=memory_backends(qmp, pid),
                 ram_size=summary['base-memory'] + summary.get('plugged-memory', 0))
 
@@ -200,7 +213,7 @@ def inspect(proc, runtime_dir, target_binary=None, timeout=5.0, version_cache=No
               runtime_dir=paths.root if paths else None, qmp_socket=qmp_socket_of(proc, runtime_dir),
               binary=dict(path=proc.exe, deleted=binary_state == 'deleted', replaced=binary_state == 'replaced'),
               target=binary_version(target_path, version_cache) if target_path else None,
-              running=None, machine=None, status=None, migration=None, capabilities={}, memory_backends=[],
+              running=None, kvm=None, machine=None, status=None, migration=None, capabilities={}, memory_backends=[],
               ram_size=None, qmp_error=None)
     if not vm['qmp_socket']:
         vm['qmp_error'] = 'no unix QMP socket on its command line'

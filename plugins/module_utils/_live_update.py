@@ -25,9 +25,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import QemuOpts, canonical_path, is_on
-from ansible_collections.liveupdate.qemu.plugins.module_utils._destination import plan_destination
+from ansible_collections.liveupdate.qemu.plugins.module_utils._destination import plan_destination, tap_downscripts
 from ansible_collections.liveupdate.qemu.plugins.module_utils._discovery import (
-    managed_paths, memory_backends, memory_reasons, probe_binary, qmp_socket_of, query_vm, state_reasons,
+    full_copy_risks, managed_paths, memory_backends, memory_reasons, probe_binary, qmp_socket_of, query_vm,
+    state_reasons,
 )
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput, LiveUpdateError
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import (
@@ -206,6 +207,17 @@ class LiveUpdate:
             self.timings[step] = round(time.monotonic() - start, 4)
 
     def run(self):
+        try:
+            return self._run()
+        except LiveUpdateError as exc:
+            # A failure reports what was learnt up to it (vm, old, target, plan, timings) too.
+            partial = dict((k, v) for k, v in self.result.items() if k not in ('changed', 'msg'))
+            partial['timings'] = self.timings
+            partial.update(exc.details)
+            exc.details = partial
+            raise
+
+    def _run(self):
         target = resolve_binary(self.params['target_binary'])
         qmp_socket, proc = self._timed('locate', locate, self.params)
         self.lock = UpdateLock(self.params['runtime_dir'], qmp_socket, self.params['lock_timeout'])
@@ -231,7 +243,12 @@ class LiveUpdate:
                 finally:
                     if self.dest is not None:
                         self.dest.close()
-                self._timed('finish', self.finish, src)
+                try:
+                    self._timed('finish', self.finish, src)
+                except (LiveUpdateError, OSError) as exc:
+                    raise UpdateFailed('live update of VM %s: the guest runs on the destination (pid %s), but '
+                                       'finishing failed: %s' % (source.name, self.dest_pid, exc),
+                                       step='finish', rolled_back=False, changed=True, dest_pid=self.dest_pid)
                 self.timings['engine'] = round(time.monotonic() - started, 4)
         return self._finish()
 
@@ -244,7 +261,8 @@ class LiveUpdate:
     def recover(self, src):
         """Settle other QEMUs left on this VM's memory file by an interrupted update, so
         that exactly one runs it. Returns True when that settled the VM (nothing more to do)."""
-        memory = set(b['path'] for b in memory_backends(src, self.source.proc.pid) if b['share'] and b['path'])
+        backends = memory_backends(src, self.source.proc.pid)
+        memory = set(b['path'] for b in backends if b['share'] and b['path'])
         others = [p for p in qemu_processes() if p.pid != self.source.proc.pid and maps_shared(p, memory)]
         if not others:
             return False
@@ -267,7 +285,7 @@ class LiveUpdate:
             elif mine == 'postmigrate' and status == 'running':
                 # The switch happened: complete it, the destination keeps the guest.
                 self.switch.commit()
-                shutdown_ladder(self.source.proc.pid, lambda: src.execute('quit'), self.params['shutdown_timeout'])
+                self._stop_source(src, backends, tap_downscripts(self.source.proc.argv))
                 for path in temporaries(other):
                     os.rename(path, canonical_path(path))
                 if self.source.paths:
@@ -325,6 +343,8 @@ class LiveUpdate:
         self.full_copy = bool(copy_reasons)
         if copy_reasons and not self.params['allow_full_copy']:
             reasons += copy_reasons
+        elif copy_reasons and not self.params['force']:
+            reasons += ['%s; force: true copies anyway' % risk for risk in full_copy_risks(vm)]
         if 'x-ignore-shared' not in self.target['capabilities'] and not self.full_copy:
             reasons.append('target binary %s has no x-ignore-shared migration capability' % target)
         if vm['machine'] not in self.target['machines']:
@@ -439,7 +459,7 @@ class LiveUpdate:
                 modes[canonical] = os.stat(canonical)
             except OSError:
                 pass
-        self.result['stop_method'] = self._stop_source(src)
+        self.result['stop_method'] = self._stop_source(src, self.before['memory_backends'], self.plan.downscripts)
         for temporary, canonical in self.plan.renames:
             if os.path.exists(temporary):
                 if canonical in modes:
@@ -475,7 +495,7 @@ class LiveUpdate:
             self._quit_source_after_commit(src)
             raise UpdateFailed('live update of VM %s failed after the switch (%s): the guest runs only on the '
                                'destination, if at all; the source was stopped and will not be resumed'
-                               % (self.source.name, exc), step=step, rolled_back=False,
+                               % (self.source.name, exc), step=step, rolled_back=False, changed=True,
                                dest_pid=self.dest_pid, **details)
         rolled_back = self.rollback(src)
         raise UpdateFailed('live update of VM %s failed at %s: %s%s'
@@ -485,15 +505,16 @@ class LiveUpdate:
 
     def _quit_source_after_commit(self, src):
         try:
-            self._stop_source(src)
+            self._stop_source(src, self.before['memory_backends'], self.plan.downscripts)
         except LiveUpdateError:
             pass
 
-    def _stop_source(self, src):
-        """The shutdown ladder for the source, after the switch. A backend with
-        discard-data=on would punch the guest's pages out of the shared memory
-        file when the source exits: the destination runs on that file now."""
-        for backend in self.before['memory_backends']:
+    def _stop_source(self, src, backends, downscripts):
+        """End the source after the switch. A backend with discard-data=on would punch
+        the guest's pages out of the shared memory file when the source exits: the
+        destination runs on that file now. A source with tap ``downscripts`` is killed,
+        so that they leave the destination's taps alone; others get the shutdown ladder."""
+        for backend in backends:
             if backend['type'] == 'memory-backend-file':
                 try:
                     src.execute('qom-set', {'path': '/objects/%s' % backend['id'], 'property': 'discard-data',
@@ -501,6 +522,10 @@ class LiveUpdate:
                 except QMPError:
                     if not self.switch.committed:
                         raise
+        if downscripts:
+            # The guest state is on the destination already: nothing is lost by not quitting.
+            kill_and_wait(self.source.proc.pid)
+            return 'SIGKILL'
         return shutdown_ladder(self.source.proc.pid, lambda: src.execute('quit'), self.params['shutdown_timeout'])
 
     def rollback(self, src):
@@ -553,7 +578,8 @@ def update_many(params, vms, check_mode, concurrency=1, stop_on_failure=True):
         except (LiveUpdateError, OSError) as exc:
             failed.set()
             details = exc.details if isinstance(exc, LiveUpdateError) else {}
-            result = dict(details, failed=True, changed=False, msg=str(exc))
+            result = dict(dict(changed=False), **details)
+            result.update(failed=True, msg=str(exc))
             result.setdefault('vm', dict((k, v) for k, v in vm.items() if v is not None))
             return result
 

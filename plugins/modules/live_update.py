@@ -75,10 +75,14 @@ options:
     description:
       - Update a VM whose RAM is not all in shared memory files (C(share=off), anonymous RAM) by copying its RAM.
         This takes seconds per GiB and the guest pause grows with its memory.
+      - Under TCG (no KVM) a source QEMU older than 9.0 can lose guest writes while it copies RAM (a QEMU bug fixed
+        in 9.0), so such a copy is refused unless O(force) is set.
     type: bool
     default: false
   force:
-    description: Update even when the VM already runs the target's version.
+    description:
+      - Update even when the VM already runs the target's version.
+      - With O(allow_full_copy), also copy the RAM of a TCG guest whose QEMU is older than 9.0.
     type: bool
     default: false
   migration_timeout:
@@ -130,7 +134,7 @@ EXAMPLES = r'''
 RETURN = r'''
 vm:
   description: The VM (C(name), C(qmp_socket), C(managed)).
-  returned: always
+  returned: when the VM was found
   type: dict
 old:
   description: The source process (C(pid), C(binary), C(version), C(package)).
@@ -148,7 +152,8 @@ target:
 plan:
   description: >-
     What the update does or would do: the destination C(argv), C(renames) (temporary path, canonical path),
-    tap C(taps) handed over, C(host_forwards) re-added, C(full_copy), and the source's run state C(was).
+    tap C(taps) handed over, the source's tap C(downscripts) (netdev, script) skipped, C(host_forwards) re-added,
+    C(full_copy), and the source's run state C(was).
   returned: changed
   type: dict
 guest_pause_ms:
@@ -162,17 +167,25 @@ migration:
   type: dict
 timings:
   description: Seconds per step (C(locate), C(preflight), C(spawn), C(migrate), C(switch), C(finish)), and C(engine)
-    from the destination's start until the source is gone and the names are moved.
+    from the destination's start until the source is gone and the names are moved. On failure, the steps that ran.
   returned: always
   type: dict
 stop_method:
-  description: The step of the shutdown ladder that ended the source.
+  description:
+    - The step of the shutdown ladder that ended the source (C(quit), C(SIGTERM), C(SIGKILL)).
+    - C(SIGKILL) at once for a source whose taps have downscripts (C(plan.downscripts)), which C(quit) would run on
+      the interfaces the destination now uses.
   returned: changed and not check mode
   type: str
 step:
-  description: The step that failed.
+  description: >-
+    The step that failed (C(lock), C(recover), C(preflight), C(spawn), C(migrate), C(switch) or C(finish)).
   returned: failure
   type: str
+dest_pid:
+  description: The destination process, when the update failed after the switch (the guest runs there, if at all).
+  returned: failure after the switch
+  type: int
 rolled_back:
   description: On failure, whether the source runs on in its previous run state.
   returned: failure

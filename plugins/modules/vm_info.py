@@ -90,6 +90,7 @@ vms:
       returned: always
     outdated: {description: Whether the VM should move to the target binary., type: bool, returned: always}
     outdated_reasons: {description: Why it is outdated., type: list, elements: str, returned: always}
+    kvm: {description: 'Whether the VM runs with KVM (C(query-kvm)); C(false) means TCG.', type: bool, returned: always}
     machine: {description: 'Resolved machine type, for example C(pc-i440fx-7.2).', type: str, returned: always}
     status: {description: Run state (C(query-status))., type: str, returned: always}
     migration: {description: 'Migration state (C(query-migrate)), C(none) when never migrated.', type: str, returned: always}

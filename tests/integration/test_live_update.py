@@ -155,6 +155,19 @@ def test_update_older_to_newer_then_back(ansible, full_vm, old_qemu, disk_image)
     assert down['old']['pid'] == up['new']['pid']
 
 
+def test_discard_data_on_the_source_keeps_the_guest_ram(ansible, full_vm):
+    """A source backend with discard-data=on would free the guest's pages of the shared file
+    when it exits, under the destination: the update turns it off first."""
+    result = ansible.module('qmp_command', {'name': 'lut-full', 'command': 'qom-set', 'arguments': {
+        'path': '/objects/mem0', 'property': 'discard-data', 'value': True}})
+    assert not result.get('failed'), result
+    before = full_vm['log'].summary()
+    result = ansible.module('live_update', {'name': 'lut-full', 'force': True})
+    assert result['changed'] is True and not result.get('failed'), result
+    assert qemu_pids_under(full_vm['memory_file']) == [result['new']['pid']]
+    assert_continuous(full_vm, before.last_counter, before.boot_ids[0])
+
+
 def test_paused_vm_stays_paused(ansible, full_vm):
     ansible.module('qmp_command', {'name': 'lut-full', 'command': 'stop'})
     try:

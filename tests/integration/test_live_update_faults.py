@@ -123,6 +123,9 @@ def test_migration_fails_on_the_destination(ansible, fault_vm, wrapper):
     target = wrapper('exec %s "$@" -machine pc-i440fx-7.1' % INSTALLED)
     result = update(ansible, fault_vm, target_binary=target)
     assert result['failed'] and result['step'] == 'migrate' and result['rolled_back'] is True, result
+    # a failure still says which VM, from which process, and how far it got
+    assert result['vm']['name'] == fault_vm['name'] and result['old']['pid'] == fault_vm['pid'], result
+    assert {'locate', 'preflight', 'spawn', 'migrate'} <= set(result['timings']), result['timings']
     assert_untouched(ansible, fault_vm)
 
 
@@ -193,6 +196,19 @@ def test_share_off_is_refused(ansible, private_ram_vm):
     result = ansible.module('live_update', {'socket': private_ram_vm['qmp_socket'], 'force': True})
     assert result['failed'] and result['step'] == 'preflight' and result['rolled_back'] is True
     assert any('share=off' in r for r in result['reasons']), result['reasons']
+    assert qemu_pids_under(private_ram_vm['memory_file']) == [private_ram_vm['pid']]
+
+
+def test_tcg_full_copy_needs_force(ansible, private_ram_vm, old_qemu):
+    """The test guests run under TCG: a RAM copy from QEMU < 9.0 could corrupt them."""
+    result = ansible.module('live_update', {'socket': private_ram_vm['qmp_socket'], 'allow_full_copy': True,
+                                            'target_binary': old_qemu}, check=True)
+    risky = tuple(int(p) for p in result['old']['version'].split('.')[:2]) < (9, 0)
+    if risky:
+        assert result['failed'] and result['step'] == 'preflight', result
+        assert any('under TCG can lose guest writes' in r for r in result['reasons']), result['reasons']
+    else:
+        assert not result.get('failed') and result['changed'], result
     assert qemu_pids_under(private_ram_vm['memory_file']) == [private_ram_vm['pid']]
 
 

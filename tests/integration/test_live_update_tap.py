@@ -53,13 +53,19 @@ def tap_vm(netns, guest_dir, tmp_path_factory, old_qemu):
     """A guest on the older build, started by hand inside the namespace on tap luttap0."""
     tmp = tmp_path_factory.mktemp('tapvm')
     vm = dict(qmp_socket=str(tmp / 'qmp.sock'), serial_log=str(tmp / 'serial.log'),
-              memory_file='/dev/shm/lut-tap-%d.ram' % os.getpid())
+              memory_file='/dev/shm/lut-tap-%d.ram' % os.getpid(), downscript_log=str(tmp / 'downscript.log'))
+    # A downscript that takes the interface down, as a bridge teardown would: run by the old
+    # QEMU at its exit, it would cut the guest off on the new one.
+    downscript = tmp / 'ifdown.sh'
+    downscript.write_text('#!/bin/sh\necho "$1" >> %s\nip link set "$1" down\n' % vm['downscript_log'])
+    downscript.chmod(0o755)
+    vm['downscript'] = str(downscript)
     subprocess.run(['ip', 'netns', 'exec', netns, old_qemu, '-name', 'lut-tap', '-accel', 'tcg', '-nodefaults',
                     '-display', 'none', '-m', '256M', '-machine', 'pc,memory-backend=m0',
                     '-object', 'memory-backend-file,id=m0,size=256M,mem-path=%s,share=on' % vm['memory_file'],
                     '-kernel', os.path.join(guest_dir, 'vmlinux'), '-initrd', os.path.join(guest_dir, 'initramfs.gz'),
                     '-append', 'console=ttyS0 quiet lu.ip=%s/24 lu.http=1' % GUEST_IP,
-                    '-netdev', 'tap,id=net0,ifname=luttap0,script=no,downscript=no',
+                    '-netdev', 'tap,id=net0,ifname=luttap0,script=no,downscript=%s' % downscript,
                     '-device', 'virtio-net-pci,netdev=net0',
                     '-serial', 'file:%s' % vm['serial_log'], '-qmp', 'unix:%s,server=on,wait=off' % vm['qmp_socket'],
                     '-pidfile', str(tmp / 'pid'), '-daemonize'], check=True, timeout=60)
@@ -83,8 +89,12 @@ def test_tap_vm_reachable_after_update_and_back(ansible, tap_vm, netns, old_qemu
         tap, = result['plan']['taps']
         if target == INSTALLED:
             assert tap == {'netdev': 'net0', 'ifname': 'luttap0', 'source_fd': None}
+            assert result['plan']['downscripts'] == [['net0', tap_vm['downscript']]]
+            assert result['stop_method'] == 'SIGKILL'
         else:
             assert tap['netdev'] == 'net0' and tap['ifname'] is None and tap['source_fd'] >= 3
+            assert result['plan']['downscripts'] == [] and result['stop_method'] == 'quit'
+        assert not os.path.exists(tap_vm['downscript_log']), 'the old QEMU ran the downscript'
         assert qemu_pids_under(tap_vm['memory_file']) == [result['new']['pid']]
         assert http_get_in(netns) == boot_id
         after = tap_vm['log'].wait(lambda s: s.last_counter >= before.last_counter + 10, timeout=60)

@@ -84,7 +84,7 @@ def test_vm_module_argv():
         tmp(WEB1_QMP), tmp('/run/lu/web1/qemu.pid'), '/run/lu/web1/qemu.pid')
     assert p.taps == []
     assert p.as_dict(TARGET) == dict(argv=WEB1_DEST, renames=[list(r) for r in WEB1_RENAMES], taps=[],
-                                     qmp_socket=tmp(WEB1_QMP))
+                                     downscripts=[], qmp_socket=tmp(WEB1_QMP))
 
 
 def test_vm_module_argv_after_an_earlier_update():
@@ -278,6 +278,19 @@ def test_taps(netdevs, dest_netdevs, handovers):
     assert [v for n, v in QemuCommandLine.parse(p.argv(TARGET)).options if n == 'netdev'] == dest_netdevs
     assert [t.as_dict() for t in p.taps] == handovers
     assert p.as_dict(TARGET)['taps'] == handovers
+
+
+@pytest.mark.parametrize('netdev, downscripts', [
+    ('tap,id=net0,ifname=tap0,script=no,downscript=no', []),
+    ('tap,id=net0,ifname=tap0,downscript=', []),
+    ('tap,id=net0,ifname=tap0,script=no', [('net0', 'default')]),
+    ('tap,id=net0,ifname=tap0,downscript=/etc/vm/ifdown', [('net0', '/etc/vm/ifdown')]),
+    ('tap,id=net0,ifname=tap0,queues=2', [('net0', 'default')]),
+    ('tap,id=net0,fd=27', []),  # QEMU runs no script for a tap it was given
+    ('user,id=net0', []),
+], ids=['no', 'empty', 'default', 'path', 'multi-queue', 'fd', 'user'])
+def test_downscripts_the_source_would_run(netdev, downscripts):
+    assert plan(M + Q + ['-netdev', netdev]).downscripts == downscripts
 
 
 def test_argv_substitutes_tap_fds():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._discovery import (
-    VERSION_RE, eligibility, normalize_package, outdated_reasons,
+    VERSION_RE, eligibility, full_copy_risks, normalize_package, outdated_reasons,
 )
 
 GIB = 1 << 30
@@ -17,7 +17,7 @@ GIB = 1 << 30
 def make_vm(**overrides):
     """What inspect() reports for a VM started by this collection: eligible and current."""
     vm = dict(
-        status='running', migration='none',
+        status='running', migration='none', kvm=False,
         capabilities={'x-ignore-shared': False, 'postcopy-ram': False, 'xbzrle': False},
         memory_backends=[dict(id='mem0', type='memory-backend-file', size=GIB, share=True,
                               path='/dev/shm/liveupdate-qemu-web-1.ram', filesystem='tmpfs')],
@@ -117,6 +117,19 @@ def test_ineligible(overrides, reasons):
 ])
 def test_outdated_reasons(overrides, reasons):
     assert outdated_reasons(make_vm(**overrides)) == reasons
+
+
+@pytest.mark.parametrize('kvm, version, risky', [
+    (False, '7.2.19', True),
+    (False, '8.2.10', True),
+    (False, '9.0.0', False),
+    (False, '10.1.2', False),
+    (True, '7.2.19', False),
+])
+def test_full_copy_risks(kvm, version, risky):
+    risks = full_copy_risks(make_vm(kvm=kvm, running=dict(version=version, package=None)))
+    assert risks == (['a RAM copy from QEMU %s under TCG can lose guest writes (QEMU bug fixed in 9.0)' % version]
+                     if risky else [])
 
 
 # --- versions and packages --------------------------------------------------

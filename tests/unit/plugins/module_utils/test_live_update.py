@@ -486,11 +486,24 @@ def test_stop_source_turns_discard_data_off_first(monkeypatch):
     monkeypatch.setattr(_live_update, 'shutdown_ladder',
                         lambda pid, request_quit, step: ladder.append((pid, step)) or request_quit() or 'quit')
     engine = LiveUpdate({'timeout': 1, 'shutdown_timeout': 3}, check_mode=False)
-    engine.before = {'memory_backends': [{'id': 'mem0', 'type': 'memory-backend-file'},
-                                         {'id': 'pc.ram', 'type': 'memory-backend-ram'}]}
     engine.source = types.SimpleNamespace(proc=types.SimpleNamespace(pid=4242))
+    backends = [{'id': 'mem0', 'type': 'memory-backend-file'}, {'id': 'pc.ram', 'type': 'memory-backend-ram'}]
     qmp = RecordingQMP()
-    assert engine._stop_source(qmp) == 'quit'
+    assert engine._stop_source(qmp, backends, []) == 'quit'
     assert qmp.sent == [('qom-set', {'path': '/objects/mem0', 'property': 'discard-data', 'value': False}),
                         ('quit', None)]
     assert ladder == [(4242, 3)]
+
+
+def test_stop_source_with_a_tap_downscript_is_killed(monkeypatch):
+    """quit would run the tap's downscript on the interface the destination now uses."""
+    killed = []
+    monkeypatch.setattr(_live_update, 'shutdown_ladder', lambda *args: pytest.fail('quit would run the downscript'))
+    monkeypatch.setattr(_live_update, 'kill_and_wait', killed.append)
+    engine = LiveUpdate({'timeout': 1, 'shutdown_timeout': 3}, check_mode=False)
+    engine.source = types.SimpleNamespace(proc=types.SimpleNamespace(pid=4242))
+    qmp = RecordingQMP()
+    backends = [{'id': 'mem0', 'type': 'memory-backend-file'}]
+    assert engine._stop_source(qmp, backends, [('net0', 'default')]) == 'SIGKILL'
+    assert killed == [4242]
+    assert qmp.sent == [('qom-set', {'path': '/objects/mem0', 'property': 'discard-data', 'value': False})]
