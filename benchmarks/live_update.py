@@ -51,8 +51,9 @@ import sys
 import time
 import traceback
 
-from qemu.qmp import QMPError
-from qemu.qmp.legacy import QEMUMonitorProtocol
+# The collection's QMP session (PYTHONPATH from .build/env.sh): qemu.qmp's async client, not
+# qemu.qmp.legacy, which is GPL-2.0-only.
+from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPError, QMPSession, QMPTimeout
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 sys.path.insert(0, os.path.join(ROOT, 'tools'))
@@ -200,41 +201,24 @@ def collection_identity(collections):
 # --- QMP ---
 
 class Qmp:
-    """A synchronous QMP connection that keeps every event it has seen."""
+    """A QMP session that keeps every event it has seen since the last ``drain``: a destination
+    that resumes by itself sends RESUME before MIGRATION completed, and both are waited for."""
 
     def __init__(self, path, timeout=30.0):
-        self.mon = QEMUMonitorProtocol(path)
-        self.mon.connect(negotiate=True)
-        self.mon.settimeout(timeout)
+        self.session = QMPSession(path, timeout).connect()
         self.events = []
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self.close()
-
-    def close(self):
-        try:
-            self.mon.close()
-        except Exception:  # pylint: disable=broad-except
-            pass
+        self.session.close()
 
     def execute(self, command, **args):
-        return self.mon.cmd(command, **args)
-
-    def _pull(self, wait):
-        try:
-            event = self.mon.pull_event(wait=float(wait) if wait else False)
-        except TimeoutError:
-            return None
-        if event is not None:
-            self.events.append(event)
-        return event
+        return self.session.execute(command, args)
 
     def drain(self):
-        while self._pull(False) is not None:
-            pass
+        self.session.drain_events()
         self.events = []
 
     def wait_event(self, name, timeout, pred=lambda e: True):
@@ -248,7 +232,10 @@ class Qmp:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise BenchError('no %s event within %gs (seen: %s)' % (name, timeout, [e['event'] for e in self.events]))
-            self._pull(min(left, 1.0))
+            try:
+                self.events.append(self.session.wait_event(timeout=min(left, 1.0)))
+            except QMPTimeout:
+                pass
 
 
 def rss_shmem_mib(pid):

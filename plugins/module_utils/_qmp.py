@@ -180,25 +180,26 @@ class QMPSession:
             raise QMPDisconnected('QMP peer %s went away during %s: %s' % (self.path, command, exc),
                                   socket=self.path, command=command)
 
-    def wait_event(self, names, timeout=None, match=None):
-        """Return the next event whose name is in ``names`` (and that ``match`` accepts)."""
-        names = {names} if isinstance(names, str) else set(names)
+    def wait_event(self, names=None, timeout=None, match=None):
+        """Return the next event whose name is in ``names`` (any name when None) and that
+        ``match`` accepts; events before it are dropped."""
+        names = {names} if isinstance(names, str) else None if names is None else set(names)
+        wanted = 'QMP' if names is None else '/'.join(sorted(names))
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise QMPTimeout('no %s event from %s in time' % ('/'.join(sorted(names)), self.path),
-                                 socket=self.path)
+                raise QMPTimeout('no %s event from %s in time' % (wanted, self.path), socket=self.path)
             try:
                 # Short slices, so that a peer that goes away is noticed at once.
                 event = self._loop.run_until_complete(asyncio.wait_for(self._listener.get(), min(remaining, 0.05)))
             except asyncio.TimeoutError:
                 if self._client.runstate != Runstate.RUNNING:
-                    raise QMPDisconnected('QMP peer %s went away while waiting for %s'
-                                          % (self.path, '/'.join(sorted(names))), socket=self.path)
+                    raise QMPDisconnected('QMP peer %s went away while waiting for %s event'
+                                          % (self.path, wanted), socket=self.path)
                 continue
             event = dict(event)
-            if event.get('event') in names and (match is None or match(event)):
+            if (names is None or event.get('event') in names) and (match is None or match(event)):
                 return event
 
     def drain_events(self):

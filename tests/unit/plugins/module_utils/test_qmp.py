@@ -301,6 +301,16 @@ def test_events(peer):
         assert time.monotonic() - start < 1.5
 
 
+def test_wait_for_any_event(peer):
+    events = [{'event': 'RESUME', 'data': {}}, {'event': 'MIGRATION', 'data': {'status': 'completed'}}]
+    fake = peer(qmp_server({'query-status': {'return': {'status': 'running'}}}, events=events))
+    with QMPSession(fake.path, TIMEOUT) as qmp:
+        qmp.execute('query-status')
+        assert [qmp.wait_event()['event'], qmp.wait_event(timeout=1)['event']] == ['RESUME', 'MIGRATION']
+        with pytest.raises(QMPTimeout, match='no QMP event'):
+            qmp.wait_event(timeout=0.1)
+
+
 def test_event_after_command(peer):
     fake = peer(qmp_server({'stop': ({'return': {}}, [{'event': 'STOP'}])}))
     with QMPSession(fake.path, TIMEOUT) as qmp:
