@@ -15,6 +15,7 @@ import subprocess
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import canonical_path
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput
+from ansible_collections.liveupdate.qemu.plugins.module_utils._migration_settings import query_capabilities
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import filesystem_of, qemu_processes
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPError, QMPSession
 from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import RuntimePaths
@@ -170,13 +171,12 @@ def find_target(exe, target_binary):
 
 def query_vm(qmp, pid):
     """What QEMU says of itself over QMP: version, run state, machine, migration, memory."""
-    caps = qmp.execute('query-migrate-capabilities')
     summary = qmp.execute('query-memory-size-summary')
     machine = qmp.execute('qom-get', {'path': '/machine', 'property': 'type'})
     return dict(running=qmp_version(qmp), status=qmp.execute('query-status')['status'],
                 machine=machine[:-len('-machine')] if machine.endswith('-machine') else machine,
                 migration=qmp.execute('query-migrate').get('status', 'none'),
-                capabilities=dict((c['capability'], c['state']) for c in caps),
+                capabilities=query_capabilities(qmp),
                 kvm=qmp.execute('query-kvm')['enabled'],
                 memory_backends=memory_backends(qmp, pid),
                 ram_size=summary['base-memory'] + summary.get('plugged-memory', 0))

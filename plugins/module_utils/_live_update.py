@@ -27,16 +27,17 @@ from concurrent.futures import ThreadPoolExecutor
 from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import QemuOpts, canonical_path, is_on
 from ansible_collections.liveupdate.qemu.plugins.module_utils._destination import plan_destination, tap_downscripts
 from ansible_collections.liveupdate.qemu.plugins.module_utils._discovery import (
-    full_copy_risks, managed_paths, memory_backends, memory_reasons, probe_binary, qmp_socket_of, query_vm,
-    state_reasons,
+    full_copy_risks, managed_paths, memory_backends, memory_reasons, probe_binary, qmp_socket_of, qmp_version,
+    query_vm, state_reasons,
 )
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput, LiveUpdateError
+from ansible_collections.liveupdate.qemu.plugins.module_utils._migration_settings import set_capabilities
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import (
     QemuProcess, kill_and_wait, launch_daemonized, process_alive, qemu_processes, shutdown_ladder, take_fd,
     tap_fd_of,
 )
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPError, QMPSession
-from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import Vm
+from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import Vm, users_of
 from ansible_collections.liveupdate.qemu.plugins.module_utils._vm_spec import resolve_binary, validate_name
 
 USERNET_HEADER_RE = re.compile(r'\((?P<netdev>[^)]+)\):\s*$')
@@ -155,14 +156,23 @@ class UpdateLock:
 
     def __init__(self, runtime_dir, qmp_socket, wait):
         directory = os.path.join(runtime_dir, '.locks')
-        os.makedirs(directory, mode=0o700, exist_ok=True)
         key = os.path.normpath(canonical_path(os.path.abspath(qmp_socket)))
         self.path = os.path.join(directory, key.strip('/').replace('/', '%') + '.lock')
         self.wait = wait
         self.fd = None
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise self._unusable(exc)
+
+    def _unusable(self, exc):
+        return UpdateFailed('cannot use the update lock %s: %s' % (self.path, exc), step='lock', rolled_back=True)
 
     def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise self._unusable(exc)
         deadline = time.monotonic() + self.wait
         while True:
             try:
@@ -208,7 +218,14 @@ class LiveUpdate:
 
     def run(self):
         try:
-            return self._run()
+            try:
+                return self._run()
+            except OSError as exc:  # a file of the VM that cannot be read, renamed or removed
+                # the step that raised: _timed records it on the way out
+                step = list(self.timings)[-1] if self.timings else 'locate'
+                raise UpdateFailed('live update of VM %s failed at %s: %s'
+                                   % (self.result.get('vm', {}).get('name', '?'), step, exc),
+                                   step=step, rolled_back=not self.switch.committed)
         except LiveUpdateError as exc:
             # A failure reports what was learnt up to it (vm, old, target, plan, timings) too.
             partial = dict((k, v) for k, v in self.result.items() if k not in ('changed', 'msg'))
@@ -285,14 +302,15 @@ class LiveUpdate:
             elif mine == 'postmigrate' and status == 'running':
                 # The switch happened: complete it, the destination keeps the guest.
                 self.switch.commit()
-                self._stop_source(src, backends, tap_downscripts(self.source.proc.argv))
-                for path in temporaries(other):
-                    os.rename(path, canonical_path(path))
-                if self.source.paths:
-                    self.dest_argv = other.argv
-                    self._record(self.source.paths)
+                # A destination pidfile the source had no twin of is not renamed, but removed.
+                source_cmdline = self.source.proc.cmdline
+                stray = None if source_cmdline.has('pidfile') else (other.cmdline.values('pidfile') or [None])[0]
+                renames = [(t, canonical_path(t)) for t in temporaries(other) if t != stray]
+                forwards = host_forwards(src) if source_cmdline.has('netdev') else []
+                self._take_over(src, other.pid, other.argv, 'running', renames, stray, backends,
+                                tap_downscripts(self.source.proc.argv), forwards)
                 self.result.update(changed=True, msg='completed an interrupted live update: VM %s runs on pid %d'
-                                   % (self.source.name, other.pid), new=dict(pid=other.pid, binary=other.exe))
+                                   % (self.source.name, other.pid))
                 return True
             else:
                 raise UpdateFailed('VM %s: QEMU pid %d (%s) and pid %d (%s) both map its memory; settle them first'
@@ -355,7 +373,7 @@ class LiveUpdate:
             raise UpdateFailed('cannot live-update VM %s: %s' % (source.name, '; '.join(reasons)),
                                step='preflight', rolled_back=True, reasons=reasons)
         self.plan = plan_destination(source.proc.argv, source.qmp_socket, vm['machine'], secrets.token_hex(4))
-        self.forwards = host_forwards(src) if any(n == 'netdev' for n, dummy in source.proc.cmdline.options) else []
+        self.forwards = host_forwards(src) if source.proc.cmdline.has('netdev') else []
         self.result['plan'] = dict(self.plan.as_dict(target), host_forwards=[list(f) for f in self.forwards],
                                    full_copy=self.full_copy, was=vm['status'])
         return True
@@ -390,11 +408,10 @@ class LiveUpdate:
         if not self.full_copy:
             caps['x-ignore-shared'] = True
         self.source_caps = dict((c, self.before['capabilities'][c]) for c in caps)
-        wanted = [{'capability': c, 'state': v} for c, v in sorted(caps.items())]
-        self.dest.execute('migrate-set-capabilities', {'capabilities': wanted})
+        set_capabilities(self.dest, caps)
         uri = 'unix:%s.migrate' % self.plan.qmp_socket
         self.dest.execute('migrate-incoming', {'uri': uri})
-        src.execute('migrate-set-capabilities', {'capabilities': wanted})
+        set_capabilities(src, caps)
         src.drain_events()
         self.dest.drain_events()
         src.execute('migrate', {'uri': uri})
@@ -444,44 +461,47 @@ class LiveUpdate:
             self.result['guest_pause_ms'] = round((event_time(self.resume) - event_time(stop)) * 1000, 3)
         # The destination keeps the source's capabilities: x-ignore-shared left on
         # would drop guest RAM from a later migration to another host.
-        self.dest.execute('migrate-set-capabilities', {'capabilities': [
-            {'capability': c, 'state': v} for c, v in sorted(self.source_caps.items())]})
+        set_capabilities(self.dest, self.source_caps)
         self.dest_status = self.dest.execute('query-status')['status']
 
     # --- finish (after the switch: never roll back) ---
 
     def finish(self, src):
+        self._take_over(src, self.dest_pid, self.dest_argv, self.dest_status, self.plan.renames,
+                        None if self.plan.canonical_pidfile else self.plan.pidfile,
+                        self.before['memory_backends'], self.plan.downscripts, self.forwards)
+
+    def _take_over(self, src, dest_pid, dest_argv, dest_status, renames, stray, backends, downscripts, forwards):
+        """After the switch, by an update or by the recovery of an interrupted one: end the
+        source, give its names to the destination (``renames``; ``stray``, a temporary file
+        without a canonical twin, is removed), add its host forwards there, record the VM."""
         # Owner and mode of the source's files, given to the destination's (a
         # daemonized QEMU creates its sockets with umask 027).
         modes = {}
-        for dummy, canonical in self.plan.renames:
+        for dummy, canonical in renames:
             try:
                 modes[canonical] = os.stat(canonical)
             except OSError:
                 pass
-        self.result['stop_method'] = self._stop_source(src, self.before['memory_backends'], self.plan.downscripts)
-        for temporary, canonical in self.plan.renames:
+        self.result['stop_method'] = self._stop_source(src, backends, downscripts)
+        for temporary, canonical in renames:
             if os.path.exists(temporary):
                 if canonical in modes:
                     os.chown(temporary, modes[canonical].st_uid, modes[canonical].st_gid)
                     os.chmod(temporary, modes[canonical].st_mode & 0o7777)
                 os.rename(temporary, canonical)
-        if not self.plan.canonical_pidfile and os.path.exists(self.plan.pidfile):
-            os.unlink(self.plan.pidfile)
+        if stray and os.path.exists(stray):
+            os.unlink(stray)
         with QMPSession(self.source.qmp_socket, self.timeout) as dest:
-            for netdev, rule in self.forwards:
+            for netdev, rule in forwards:
                 dest.execute('human-monitor-command', {'command-line': 'hostfwd_add %s %s' % (netdev, rule)})
-            self.result['new'] = dict(pid=self.dest_pid, binary=self.dest_argv[0], status=self.dest_status,
-                                      **query_vm(dest, self.dest_pid)['running'])
+            self.result['new'] = dict(pid=dest_pid, binary=dest_argv[0], status=dest_status, **qmp_version(dest))
         if self.source.paths:
-            self._record(self.source.paths)
-
-    def _record(self, paths):
-        state = paths.read_state() or {}
-        state['argv'] = self.dest_argv
-        state['binary'] = self.dest_argv[0]
-        state.setdefault('spec', {})['binary'] = self.dest_argv[0]
-        paths.write_state(state)
+            state = self.source.paths.read_state() or {}
+            state['argv'] = dest_argv
+            state['binary'] = dest_argv[0]
+            state.setdefault('spec', {})['binary'] = dest_argv[0]
+            self.source.paths.write_state(state)
 
     # --- failure ---
 
@@ -520,8 +540,7 @@ class LiveUpdate:
                     src.execute('qom-set', {'path': '/objects/%s' % backend['id'], 'property': 'discard-data',
                                             'value': False})
                 except QMPError:
-                    if not self.switch.committed:
-                        raise
+                    pass  # past the switch, the source is ended whatever it answers
         if downscripts:
             # The guest state is on the destination already: nothing is lost by not quitting.
             kill_and_wait(self.source.proc.pid)
@@ -532,9 +551,8 @@ class LiveUpdate:
         """Before the switch: destination killed and cleaned, source back in its run state."""
         if self.dest_pid is not None:
             kill_and_wait(self.dest_pid)
-        for proc in qemu_processes():  # a destination that hung before writing its pidfile
-            if proc.uses_file(self.plan.pidfile):
-                kill_and_wait(proc.pid)
+        for proc in users_of(self.plan.pidfile):  # a destination that hung before writing its pidfile
+            kill_and_wait(proc.pid)
         for temporary, dummy in self.plan.renames:
             if os.path.exists(temporary):
                 os.unlink(temporary)
@@ -553,8 +571,7 @@ class LiveUpdate:
             status = src.execute('query-status')['status']
             if self.before['status'] == 'running' and status != 'running':
                 self.switch.resume_source(src, self.dest_pid)
-            src.execute('migrate-set-capabilities', {'capabilities': [
-                {'capability': c, 'state': v} for c, v in sorted(self.source_caps.items())]})
+            set_capabilities(src, self.source_caps)
             return src.execute('query-status')['status'] == self.before['status']
         except LiveUpdateError:
             return False
@@ -575,10 +592,9 @@ def update_many(params, vms, check_mode, concurrency=1, stop_on_failure=True):
         vm_params.update((k, v) for k, v in vm.items() if v is not None)
         try:
             return LiveUpdate(vm_params, check_mode, probes).run()
-        except (LiveUpdateError, OSError) as exc:
+        except LiveUpdateError as exc:
             failed.set()
-            details = exc.details if isinstance(exc, LiveUpdateError) else {}
-            result = dict(dict(changed=False), **details)
+            result = dict(dict(changed=False), **exc.details)
             result.update(failed=True, msg=str(exc))
             result.setdefault('vm', dict((k, v) for k, v in vm.items() if v is not None))
             return result

@@ -56,14 +56,19 @@ def query_capabilities(qmp):
     return dict((c['capability'], c['state']) for c in qmp.execute('query-migrate-capabilities'))
 
 
+def set_capabilities(qmp, states):
+    """Send migrate-set-capabilities for ``states`` (name -> bool)."""
+    qmp.execute('migrate-set-capabilities',
+                {'capabilities': [{'capability': n, 'state': v} for n, v in sorted(states.items())]})
+
+
 def apply_capabilities(qmp, wanted, check_mode=False):
     """Make the capabilities in ``wanted`` (name -> bool) true/false."""
     current = query_capabilities(qmp)
     changes, wanted = _plan(current, wanted, 'capability', lambda n, v, c: _to_bool('capability', n, v))
     result = _result(changes, dict((n, current[n]) for n in wanted), wanted)
     if changes and not check_mode:
-        qmp.execute('migrate-set-capabilities',
-                    {'capabilities': [{'capability': n, 'state': v} for n, v in sorted(changes.items())]})
+        set_capabilities(qmp, changes)
         current = query_capabilities(qmp)
     elif changes:
         current.update(changes)

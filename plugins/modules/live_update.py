@@ -15,12 +15,13 @@ description:
   - Migrates a running (or paused) VM locally onto a new QEMU process started from O(target_binary), with the
     migration capability C(x-ignore-shared) on both sides, so that guest RAM stays in its shared memory file and
     only device state moves. The guest sees a pause of milliseconds.
-  - "Steps: B(preflight) (run state, no migration under way, all RAM in C(memory-backend-file) with C(share=on),
-    target binary supports C(x-ignore-shared) and the VM's resolved machine type, C(postcopy-ram) off, a per-VM
-    lock); B(spawn) (the destination gets the source's command line with its own socket and pidfile paths, the
-    machine type pinned, tap fds handed over, user-mode C(hostfwd) rules left out, C(-S -incoming defer));
-    B(migrate); B(switch) (the destination is told to run, the source is quit with the shutdown ladder, the
-    canonical socket and pidfile names move to the destination, forwarding rules are added again)."
+  - "Steps: B(lock) (one update per VM at a time); B(recover) (an interrupted earlier update is settled, see
+    RV(recovered)); B(preflight) (run state, no migration under way, all RAM in C(memory-backend-file) with
+    C(share=on), target binary supports C(x-ignore-shared) and the VM's resolved machine type, C(postcopy-ram) off);
+    B(spawn) (the destination gets the source's command line with its own socket and pidfile paths, the machine
+    type pinned, tap fds handed over, user-mode C(hostfwd) rules left out, C(-S -incoming defer)); B(migrate);
+    B(switch) (the destination is told to run); B(finish) (the source is ended, the canonical socket and pidfile
+    names move to the destination, forwarding rules are added again)."
   - Anything that fails before the switch rolls back. The destination is killed and its files removed, the source
     goes on in its previous run state, and the task fails with the step and QEMU's message.
   - Once the destination has been told to run the guest, the source is never resumed (it would run the guest a
@@ -103,7 +104,7 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Runs preflight (including a probe of the target binary) and returns the plan; nothing is started.
+    details: Runs preflight and returns the plan; no destination is started (the target binary is only probed).
   diff_mode:
     support: none
   platform:
@@ -166,8 +167,10 @@ migration:
   returned: changed and not check mode
   type: dict
 timings:
-  description: Seconds per step (C(locate), C(preflight), C(spawn), C(migrate), C(switch), C(finish)), and C(engine)
-    from the destination's start until the source is gone and the names are moved. On failure, the steps that ran.
+  description: >-
+    Seconds per step (C(locate), C(recover), C(preflight), C(spawn), C(migrate), C(switch), C(finish)), and
+    C(engine) from the destination's start until the source is gone and the names are moved. On failure, the
+    steps that ran.
   returned: always
   type: dict
 stop_method:

@@ -470,15 +470,6 @@ def test_probe_binary_timeout(tmp_path):
 
 # --- the source is stopped without punching out the shared RAM -------------
 
-class RecordingQMP:
-    def __init__(self):
-        self.sent = []
-
-    def execute(self, command, arguments=None):
-        self.sent.append((command, arguments))
-        return {}
-
-
 def test_stop_source_turns_discard_data_off_first(monkeypatch):
     """A memory-backend-file with discard-data=on would free the guest's pages of the shared
     file when the source exits; the destination runs on that file by then."""
@@ -488,10 +479,10 @@ def test_stop_source_turns_discard_data_off_first(monkeypatch):
     engine = LiveUpdate({'timeout': 1, 'shutdown_timeout': 3}, check_mode=False)
     engine.source = types.SimpleNamespace(proc=types.SimpleNamespace(pid=4242))
     backends = [{'id': 'mem0', 'type': 'memory-backend-file'}, {'id': 'pc.ram', 'type': 'memory-backend-ram'}]
-    qmp = RecordingQMP()
+    qmp = FakeQMP()
     assert engine._stop_source(qmp, backends, []) == 'quit'
-    assert qmp.sent == [('qom-set', {'path': '/objects/mem0', 'property': 'discard-data', 'value': False}),
-                        ('quit', None)]
+    assert qmp.calls == [('qom-set', {'path': '/objects/mem0', 'property': 'discard-data', 'value': False}),
+                         ('quit', None)]
     assert ladder == [(4242, 3)]
 
 
@@ -502,8 +493,8 @@ def test_stop_source_with_a_tap_downscript_is_killed(monkeypatch):
     monkeypatch.setattr(_live_update, 'kill_and_wait', killed.append)
     engine = LiveUpdate({'timeout': 1, 'shutdown_timeout': 3}, check_mode=False)
     engine.source = types.SimpleNamespace(proc=types.SimpleNamespace(pid=4242))
-    qmp = RecordingQMP()
+    qmp = FakeQMP()
     backends = [{'id': 'mem0', 'type': 'memory-backend-file'}]
     assert engine._stop_source(qmp, backends, [('net0', 'default')]) == 'SIGKILL'
     assert killed == [4242]
-    assert qmp.sent == [('qom-set', {'path': '/objects/mem0', 'property': 'discard-data', 'value': False})]
+    assert qmp.calls == [('qom-set', {'path': '/objects/mem0', 'property': 'discard-data', 'value': False})]
