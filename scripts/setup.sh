@@ -94,7 +94,7 @@ build_guest() {
     log "test guest: tools/build-guest.sh .cache/guest"
     tools/build-guest.sh "$LU_CACHE/guest"
     local f
-    for f in vmlinuz initramfs.gz guest.json; do
+    for f in vmlinuz vmlinux initramfs.gz guest.json; do
         [[ -s $LU_CACHE/guest/$f ]] || die "tools/build-guest.sh left no $LU_CACHE/guest/$f"
     done
     GUEST_DIR=$LU_CACHE/guest
