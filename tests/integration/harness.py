@@ -17,6 +17,8 @@ sys.path.insert(0, os.path.abspath(TOOLS))
 
 import guestlog  # noqa: E402  (tools/guestlog.py)
 
+from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import qemu_processes  # noqa: E402
+
 
 class PlaybookRun:
     def __init__(self, results, stdout, rc):
@@ -99,18 +101,7 @@ def guest_log(path):
 
 def qemu_pids_under(text):
     """Pids of QEMU processes whose command line contains ``text``."""
-    pids = []
-    for entry in os.listdir('/proc'):
-        if not entry.isdigit():
-            continue
-        try:
-            with open('/proc/%s/cmdline' % entry, 'rb') as handle:
-                argv = handle.read().decode('utf-8', 'replace')
-        except OSError:
-            continue
-        if 'qemu-system' in argv.split('\0')[0] and text in argv:
-            pids.append(int(entry))
-    return pids
+    return [proc.pid for proc in qemu_processes() if any(text in arg for arg in proc.argv)]
 
 
 def mode_of(path):

@@ -184,7 +184,7 @@ def test_preflight_errors(ansible, versions, system_qemu, tmp_path):
     not_executable.chmod(0o644)
     prefix_root = str(tmp_path / 'prefix')
     other = system_qemu['other']
-    archive = ', '.join([versions['oldest'], versions['newest']])
+    archive = ', '.join(archive_versions())  # every version, not only the two the other tests use
     cases = [
         ({}, 'qemu_build_method deb_prefix needs qemu_build_version: a version of qemu-system-x86 that the '
              'archive of the controller has (%s), or latest / oldest.' % archive),

@@ -24,7 +24,7 @@ def test_start_and_stop_check_real_again(ansible, guest_spec, runtime_dir):
     assert check.results[0]['changed'] is True
     assert check.results[0]['diff']['before'] == {'state': 'stopped'}
     assert check.results[0]['diff']['after']['state'] == 'running'
-    assert '"state": "running"' in check.stdout or 'state: running' in check.stdout or '+' in check.stdout
+    assert '+    "state": "running"' in check.stdout, check.stdout
     assert not os.path.exists(rundir) and not os.path.exists(memfile)
     assert qemu_pids_under(rundir) == []
 

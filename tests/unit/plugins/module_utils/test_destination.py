@@ -4,8 +4,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """plan_destination: the source QEMU's argv rewritten for a live update's destination.
 
-The xfail(strict=True) tests show bugs measured against QEMU 7.2 (Debian
-1:7.2+dfsg-7+deb12u18); each reason says what QEMU does with the planned argv.
+The test_bug_* tests pin bugs found against QEMU 7.2 (Debian 1:7.2+dfsg-7+deb12u18) and fixed;
+each says what QEMU does with the planned argv.
 """
 
 from __future__ import annotations
@@ -377,7 +377,7 @@ def test_refused_control_socket_not_on_the_command_line(source, control):
         plan(source, control=control)
 
 
-# --- bugs (strict xfail: each passes once fixed) ------------------------------
+# --- bugs found and fixed --------------------------------------------------
 
 def effective_machine_type(value):
     """The machine type QEMU 7.2 uses for a -machine value: the last of the bare
@@ -424,11 +424,7 @@ def test_legacy_file_backend_appends(option, paths):
     source = M + Q
     for path in paths:
         source += ['-' + option, 'file:' + path]
-    try:
-        p = plan(source)
-    except Refused as exc:  # refusing is a fix too
-        assert exc.details['option'] == option
-        return
+    p = plan(source)
     options = QemuCommandLine.parse(p.argv(TARGET)).options
     assert not any(v and v.startswith('file:') for dummy, v in options)
     files = dict((o.get('id'), o) for o in (QemuOpts.parse(v) for n, v in options if n == 'chardev')
@@ -460,10 +456,9 @@ def test_bug_chardev_logfile_truncated(chardev):
 ], ids=['qmp', 'chardev', 'serial'])
 def test_bug_short_form_nowait(source):
     p = plan(source)
-    for name, value in QemuCommandLine.parse(p.argv(TARGET)).options:
-        if value and ('.lu-%s' % TOKEN) in value and name != 'pidfile':
-            assert 'nowait' not in value
-            assert 'wait=off' in value
+    renamed = [value for name, value in QemuCommandLine.parse(p.argv(TARGET)).options
+               if value and ('.lu-%s' % TOKEN) in value and name != 'pidfile']
+    assert renamed and all('nowait' not in value and 'wait=off' in value for value in renamed), renamed
 
 
 @pytest.mark.parametrize('extra, option', [
@@ -483,7 +478,5 @@ def test_bug_json_netdev_list_values():
               'hostfwd': [{'str': 'tcp::2222-:22'}]}
     p = plan(M + Q + ['-netdev', json.dumps(source)])
     value = [v for n, v in QemuCommandLine.parse(p.argv(TARGET)).options if n == 'netdev'][0]
-    if value.startswith('{'):
-        assert json.loads(value) == {'type': 'user', 'id': 'net0', 'dnssearch': [{'str': 'corp.example'}]}
-    else:
-        assert QemuOpts.parse(value).get('dnssearch') == 'corp.example'
+    assert value.startswith('{'), value
+    assert json.loads(value) == {'type': 'user', 'id': 'net0', 'dnssearch': [{'str': 'corp.example'}]}

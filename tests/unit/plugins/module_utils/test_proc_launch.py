@@ -119,8 +119,9 @@ def test_launch_missing_binary(tmp_path):
 
 def test_bug_launch_timeout_is_not_a_launch_error(tmp_path, fake_qemu, monkeypatch):
     monkeypatch.setattr(_proc, 'LAUNCH_TIMEOUT', 0.2)
-    with pytest.raises(LaunchError, match='QEMU'):
+    with pytest.raises(LaunchError, match='did not start within') as caught:
         launch_daemonized([fake_qemu('echo "waiting for a client" >&2\nexec sleep 10\n')], str(tmp_path / 'qemu.log'))
+    assert caught.value.details['rc'] is None
 
 
 # --- shutdown_ladder ----------------------------------------------------------
@@ -213,12 +214,17 @@ def holder(tmp_path, children):
     path = tmp_path / 'data.bin'
     path.write_bytes(b'0123456789')
     fd = os.open(str(path), os.O_RDWR)
+    return _sleeper_holding(fd, children), fd, path
+
+
+def _sleeper_holding(fd, children):
+    """A ``sleep`` child that inherits ``fd`` under the same number; the parent's copy is closed."""
     try:
         child = subprocess.Popen(['sleep', '30'], pass_fds=(fd,))
     finally:
         os.close(fd)
     children.append(_started(child, 'sleep'))
-    return child, fd, path
+    return child
 
 
 def test_take_fd_duplicates_the_open_file(holder):
@@ -270,12 +276,7 @@ def tap_holder(children):
     except OSError as exc:
         os.close(fd)
         pytest.skip('cannot create a tap here: %s' % exc)
-    try:
-        child = subprocess.Popen(['sleep', '30'], pass_fds=(fd,))
-    finally:
-        os.close(fd)
-    children.append(_started(child, 'sleep'))
-    return child, fd, ifname
+    return _sleeper_holding(fd, children), fd, ifname
 
 
 def test_tap_fd_of(tap_holder):
