@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import argparse
 import glob
+import itertools
 import json
+import math
 import os
 import shutil
 import signal
@@ -239,8 +241,9 @@ def loadavg():
 
 
 def percentile(values, q):
+    """Nearest-rank percentile, as benchmarks/live_update.py and docs/performance.md use."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(round(q * (len(ordered) - 1)))))]
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 def pause_stats(values):
@@ -265,10 +268,9 @@ def qemu_version(binary):
 class Ansible:
     """ansible-playbook runs with the benchmark's callback; each run's records come back parsed."""
 
-    def __init__(self, workdir, keep_logs):
+    def __init__(self, workdir):
         self.workdir = workdir
-        self.keep_logs = keep_logs
-        self.runs = 0
+        self.runs = itertools.count(1)  # playbook() is called from several threads at once
         cb_dir = os.path.join(workdir, 'callback_plugins')
         os.makedirs(cb_dir, exist_ok=True)
         with open(os.path.join(cb_dir, 'fleetbench_timer.py'), 'w') as handle:
@@ -309,8 +311,7 @@ class Ansible:
         raise BenchError('could not copy the installed collection from %s' % source)
 
     def playbook(self, label, playbook, inventory, extra, extra_env=None, timeout=1800, check=True):
-        self.runs += 1
-        tag = '%03d-%s' % (self.runs, label)
+        tag = '%03d-%s' % (next(self.runs), label)
         vars_file = os.path.join(self.workdir, tag + '.vars.json')
         with open(vars_file, 'w') as handle:
             json.dump(extra, handle)
@@ -887,11 +888,10 @@ def main(argv=None):
     workdir = args.keep_logs or tempfile.mkdtemp(prefix='fleetbench-')
     os.makedirs(workdir, exist_ok=True)
     try:
-        ansible = Ansible(workdir, args.keep_logs)
+        ansible = Ansible(workdir)
         if args.part in ('all', 'single') and args.sizes:
             if args.isolate and not os.environ.get(ISOLATED_ENV) and args.part == 'all':
-                strip = list(argv)
-                part, child_rc, interrupted = run_isolated_single(args, strip)
+                part, child_rc, interrupted = run_isolated_single(args, argv)
                 results += part
                 rc = rc or child_rc
                 if interrupted:
@@ -908,6 +908,7 @@ def main(argv=None):
         traceback.print_exc()
         rc = 1
     finally:
+        meta['loadavg_after'] = loadavg()
         if args.json:
             with open(args.json, 'w') as handle:
                 json.dump(dict(meta=meta, results=results), handle, indent=2)
@@ -917,7 +918,6 @@ def main(argv=None):
             log('logs kept in %s' % workdir)
     if args.part == 'all':
         print_summary(results, meta)
-        meta['loadavg_after'] = loadavg()
         print('load average after: %s; %s' % (meta['loadavg_after'], meta['uptime']))
     return rc
 
