@@ -377,6 +377,17 @@ EOF
     echo "$wrapper"
 }
 
+# The oldest qemu-system-x86 of the archive that is not INSTALLED (empty: none).
+oldest_other() {
+    local v
+    while read -r v; do
+        if [[ -n $v && $v != "$1" ]]; then
+            echo "$v"
+            return
+        fi
+    done < <(archive_versions qemu-system-x86)
+}
+
 case ${1:-} in
 --safe-name | --debs) ;;
 *) load_archive ;; # here, not in the subshells that ask
@@ -395,13 +406,13 @@ case ${1:-} in
 --oldest)
     [[ $# -eq 2 ]] || usage
     inst=$(installed_version qemu-system-x86)
-    oldest=
-    while read -r v; do
-        if [[ -n $v && $v != "$inst" ]]; then
-            oldest=$v
-            break
-        fi
-    done < <(archive_versions qemu-system-x86)
+    oldest=$(oldest_other "$inst")
+    if [[ -z $oldest ]]; then
+        # Stale package lists (a fresh machine) may not show a build the archive has.
+        apt-get update >&2
+        load_archive
+        oldest=$(oldest_other "$inst")
+    fi
     if [[ -z $oldest ]]; then
         die "the archive has no qemu-system-x86 other than the installed ${inst:-(none)}"
     fi
