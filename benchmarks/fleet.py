@@ -10,15 +10,17 @@
    firmware finds nothing to boot and idles), run ``ansible-playbook playbooks/live_update.yml``
    on a localhost inventory (method path, /usr/bin/qemu-system-x86_64, so that nothing is
    staged), time it end to end, read the guest pause of every VM from the report JSON the
-   playbook writes, then stop the VMs again. A callback plugin (written to the work directory,
-   not part of the collection) records how long each task took and the results of the
-   live_update tasks, whose per-step ``timings`` (``engine`` among them) the report JSON does
-   not carry; from those the summary splits the wall time into ansible and engine time.
-   With --direct, one more run per N moves all N VMs with a single live_update task (the
-   engine's floor without the role around it).
-   This part runs in a PID namespace of its own (unshare), so that the rollout's discovery
-   (vm_info) sees the benchmark's VMs only, not other QEMUs on the machine; --no-isolate runs
-   it in the machine's namespace.
+   playbook writes, then stop the VMs again (benchmarks/playbooks/vms.yml). A callback plugin
+   (benchmarks/callback_plugins/fleetbench_timer.py, not part of the collection) records how long
+   each task took and the results of the live_update tasks, whose per-step ``timings``
+   (``engine`` among them) the report JSON does not carry; from those the summary splits the
+   wall time into ansible and engine time, telling rolling_update's tasks apart by action, check
+   mode and task file, not by name. With --direct, one more run per N moves all N VMs with a
+   single live_update task (playbooks/direct.yml: the engine's floor without the role around
+   it); --baseline-runs, one VM alone (playbooks/baseline.yml).
+   This part runs in a PID namespace of its own (unshare, with benchmarks/reaper.py as its PID 1),
+   so that the rollout's discovery (vm_info) sees the benchmark's VMs only, not other QEMUs on the
+   machine; --no-isolate runs it in the machine's namespace.
 2. Hosts in parallel (--hosts H x --vms-per-host M, default 5 x 10; 0 skips): H test hosts from
    molecule/default/testhosts.sh (prefix fbh, network 10.213.91.0/24, state in
    /var/lib/liveupdate-fleetbench-hosts: apart from the molecule scenario's hosts), M VMs on
@@ -37,305 +39,43 @@ from __future__ import annotations
 
 import argparse
 import glob
-import itertools
 import json
-import math
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
-PLAYBOOK = os.path.join(ROOT, 'playbooks', 'live_update.yml')
-TESTHOSTS = os.path.join(ROOT, 'molecule', 'default', 'testhosts.sh')
-NEWER = '/usr/bin/qemu-system-x86_64'
+import benchlib  # benchmarks/benchlib.py: first, it puts the collection on sys.path
+from benchlib import NEWER, Ansible, BenchError, loadavg, log, qemu_version, stats, write_json
+
+from ansible_collections.liveupdate.qemu.plugins.module_utils._vm_spec import memory_file_for
+
+PLAYBOOK = os.path.join(benchlib.ROOT, 'playbooks', 'live_update.yml')
+TESTHOSTS = os.path.join(benchlib.ROOT, 'molecule', 'default', 'testhosts.sh')
+REAPER = os.path.join(benchlib.BENCH_DIR, 'reaper.py')  # PID 1 of part 1's namespace
 TARGETS = dict(one_host_n=100, one_host_s=60.0, hosts_s=60.0)
 HOSTS_ENV = dict(TESTHOSTS_PREFIX='fbh', TESTHOSTS_NET='10.213.91',
                  TESTHOSTS_DIR='/var/lib/liveupdate-fleetbench-hosts')
 ISOLATED_ENV = 'FLEETBENCH_ISOLATED'
-
-# Written to the work directory and enabled for every ansible run: per-task durations and the
-# live_update results (with their timings), as JSON in $FLEETBENCH_TIMER_OUT.
-CALLBACK = r'''
-from __future__ import annotations
-import json, os, time
-from ansible.plugins.callback import CallbackBase
-
-
-class CallbackModule(CallbackBase):
-    CALLBACK_VERSION = 2.0
-    CALLBACK_TYPE = 'aggregate'
-    CALLBACK_NAME = 'fleetbench_timer'
-    CALLBACK_NEEDS_ENABLED = True
-
-    def __init__(self):
-        super().__init__()
-        self.t0 = time.time()
-        self.current = None
-        self.tasks = []
-        self.updates = []
-        self.infos = []
-
-    def _close(self):
-        if self.current is not None:
-            self.current['duration'] = round(time.time() - self.t0 - self.current['start'], 4)
-            self.tasks.append(self.current)
-            self.current = None
-
-    def _start(self, name, action=None, role=None):
-        self._close()
-        self.current = dict(name=name, action=action, role=role, start=round(time.time() - self.t0, 4))
-
-    def v2_playbook_on_play_start(self, play):
-        self._start('PLAY ' + play.get_name(), 'play')
-
-    def v2_playbook_on_task_start(self, task, is_conditional):
-        self._start(task.get_name(), task.action, task._role.get_name() if task._role else None)
-
-    def v2_playbook_on_handler_task_start(self, task):
-        self._start(task.get_name(), task.action, task._role.get_name() if task._role else None)
-
-    def _result(self, result):
-        task = result._task
-        r = result._result
-        if task.action.endswith('vm_info') and isinstance(r.get('vms'), list):
-            self.infos.append(dict(host=result._host.get_name(), task=task.get_name(), vms=[
-                dict(name=v.get('name'), status=v.get('status'), outdated=v.get('outdated'),
-                     binary=(v.get('binary') or {}).get('path')) for v in r['vms']]))
-        if not task.action.endswith('live_update'):
-            return
-        entries = r.get('results') if isinstance(r.get('results'), list) else [r]
-        for e in entries:
-            if not isinstance(e, dict):
-                continue
-            self.updates.append(dict(
-                host=result._host.get_name(), task=task.get_name(), check_mode=bool(task.check_mode),
-                vm=(e.get('vm') or {}).get('name'), changed=e.get('changed'), failed=e.get('failed', False),
-                msg=e.get('msg') if e.get('failed') else None, guest_pause_ms=e.get('guest_pause_ms'),
-                timings=e.get('timings') or {}, migration=e.get('migration'),
-                old=(e.get('old') or {}).get('package'), new=(e.get('new') or {}).get('package')))
-
-    def v2_runner_on_ok(self, result):
-        self._result(result)
-
-    def v2_runner_on_failed(self, result, ignore_errors=False):
-        self._result(result)
-
-    def v2_playbook_on_stats(self, stats):
-        self._close()
-        path = os.environ.get('FLEETBENCH_TIMER_OUT')
-        if path:
-            with open(path, 'w') as handle:
-                json.dump(dict(started=self.t0, tasks=self.tasks, updates=self.updates, infos=self.infos), handle)
-'''
-
-# Start or stop the benchmark's VMs, and (stop) say first how they run.
-VMS_PLAYBOOK = r'''
-- name: VMs of the fleet benchmark
-  hosts: "{{ fb_hosts }}"
-  gather_facts: false
-  tasks:
-    - name: Where the VMs run now
-      liveupdate.qemu.vm_info:
-        runtime_dir: "{{ fb_runtime_dir }}"
-        target_binary: "{{ fb_target }}"
-      register: fb_info
-      when: fb_state == 'stopped' and fb_info_first | bool
-      ignore_errors: true
-
-    - name: VMs {{ fb_state }}
-      liveupdate.qemu.vm:
-        name: "{{ item }}"
-        state: "{{ fb_state }}"
-        memory: 64M
-        accel: [tcg]
-        serial: false
-        binary: "{{ fb_binary }}"
-        runtime_dir: "{{ fb_runtime_dir }}"
-        shutdown_timeout: 5
-      loop: "{{ fb_names }}"
-'''
-
-DIRECT_PLAYBOOK = r'''
-- name: All VMs of the benchmark in one live_update task
-  hosts: "{{ fb_hosts }}"
-  gather_facts: false
-  tasks:
-    - name: Live-update them
-      liveupdate.qemu.live_update:
-        vms: "{{ fb_vms }}"
-        target_binary: "{{ fb_target }}"
-        runtime_dir: "{{ fb_runtime_dir }}"
-        concurrency: "{{ fb_concurrency }}"
-'''
-
-# The single-VM reference: one VM of the same kind, moved by one live_update task per run (the
-# first run from the older build, the others forced onto the same build again).
-BASELINE_PLAYBOOK = r'''
-- name: One VM of the benchmark, live-updated again and again
-  hosts: "{{ fb_hosts }}"
-  gather_facts: false
-  tasks:
-    - name: Live-update the VM
-      liveupdate.qemu.live_update:
-        name: "{{ fb_names[0] }}"
-        target_binary: "{{ fb_target }}"
-        runtime_dir: "{{ fb_runtime_dir }}"
-        force: "{{ item > 0 }}"
-      loop: "{{ range(fb_runs | int) | list }}"
-'''
-
-# PID 1 of part 1's namespace: runs the benchmark as its child and reaps every process that ends
-# up orphaned there (the daemonized QEMUs, as init does on a real host), passes SIGTERM / SIGINT /
-# SIGHUP on to the benchmark and exits with its status; the kernel then kills what is left.
-REAPER = r'''
-import os, signal, sys
-child = os.fork()
-if child == 0:
-    os.execv(sys.argv[1], sys.argv[1:])
-
-
-def forward(signum, frame):
-    try:
-        os.kill(child, signum)
-    except OSError:
-        pass
-
-
-for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-    signal.signal(sig, forward)
-status = 1
-while True:
-    try:
-        pid, raw = os.wait()
-    except ChildProcessError:
-        break
-    if pid == child:
-        status = os.waitstatus_to_exitcode(raw)
-        break
-sys.exit(status if status >= 0 else 128 - status)
-'''
-
-
-class BenchError(Exception):
-    pass
-
-
-def log(msg):
-    sys.stderr.write('[fleet %s] %s\n' % (time.strftime('%H:%M:%S'), msg))
-    sys.stderr.flush()
-
-
-def _terminate(signum, frame):
-    raise KeyboardInterrupt('signal %d' % signum)
-
-
-def loadavg():
-    with open('/proc/loadavg') as handle:
-        return [float(x) for x in handle.read().split()[:3]]
-
-
-def percentile(values, q):
-    """Nearest-rank percentile, as benchmarks/live_update.py and docs/performance.md use."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+ROLLOUT_ROLE = 'rolling_update'  # the role whose tasks the breakdown splits
+STEPS = ('locate', 'recover', 'preflight', 'spawn', 'migrate', 'switch', 'finish', 'engine')
 
 
 def pause_stats(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return dict(n=len(values), median=statistics.median(values), p95=percentile(values, 0.95),
-                max=max(values), min=min(values))
+    return stats(values, 0.95)
+
+
+def qemu_banner(binary):
+    """'QEMU emulator version 7.2.22 (Debian ...)', the first line of ``binary --version``."""
+    return 'QEMU emulator version %s' % qemu_version(binary)
 
 
 def vm_names(n):
     return ['fb-%03d' % i for i in range(1, n + 1)]
-
-
-def qemu_version(binary):
-    out = subprocess.run([binary, '--version'], capture_output=True, text=True, check=True).stdout
-    return out.splitlines()[0]
-
-
-# --- ansible ---
-
-class Ansible:
-    """ansible-playbook runs with the benchmark's callback; each run's records come back parsed."""
-
-    def __init__(self, workdir):
-        self.workdir = workdir
-        self.runs = itertools.count(1)  # playbook() is called from several threads at once
-        cb_dir = os.path.join(workdir, 'callback_plugins')
-        os.makedirs(cb_dir, exist_ok=True)
-        with open(os.path.join(cb_dir, 'fleetbench_timer.py'), 'w') as handle:
-            handle.write(CALLBACK)
-        for name, text in (('vms.yml', VMS_PLAYBOOK), ('direct.yml', DIRECT_PLAYBOOK),
-                           ('baseline.yml', BASELINE_PLAYBOOK)):
-            with open(os.path.join(workdir, name), 'w') as handle:
-                handle.write(text)
-        collections = self._snapshot_collection(os.path.join(workdir, 'collections'))
-        self.env = dict(os.environ, ANSIBLE_CALLBACK_PLUGINS=cb_dir, ANSIBLE_CALLBACKS_ENABLED='fleetbench_timer',
-                        ANSIBLE_HOST_KEY_CHECKING='False', ANSIBLE_RETRY_FILES_ENABLED='False',
-                        ANSIBLE_NOCOLOR='1', ANSIBLE_FORCE_COLOR='0', ANSIBLE_DEPRECATION_WARNINGS='False',
-                        ANSIBLE_COLLECTIONS_PATH=collections, PYTHONPATH=collections)
-
-    @staticmethod
-    def _snapshot_collection(dest):
-        """A copy of the installed collection (ANSIBLE_COLLECTIONS_PATH, from .build/env.sh) for this
-        benchmark alone: scripts/setup.sh reinstalls .build/collections whenever a source changes,
-        and a run must not see it half-installed."""
-        paths = [p for p in os.environ.get('ANSIBLE_COLLECTIONS_PATH', '').split(':') if p]
-        source = next((os.path.join(p, 'ansible_collections', 'liveupdate', 'qemu') for p in paths
-                       if os.path.isfile(os.path.join(p, 'ansible_collections', 'liveupdate', 'qemu', 'MANIFEST.json'))),
-                      None)
-        if source is None:
-            raise BenchError('liveupdate.qemu is not installed in ANSIBLE_COLLECTIONS_PATH: source .build/env.sh first')
-        target = os.path.join(dest, 'ansible_collections', 'liveupdate', 'qemu')
-        if os.path.isdir(target):
-            return dest
-        for attempt in range(10):
-            try:
-                shutil.copytree(source, target, ignore=shutil.ignore_patterns('__pycache__'))
-                if os.path.isfile(os.path.join(target, 'MANIFEST.json')):
-                    return dest
-            except (OSError, shutil.Error):
-                pass
-            shutil.rmtree(target, ignore_errors=True)
-            time.sleep(2)  # being reinstalled right now
-        raise BenchError('could not copy the installed collection from %s' % source)
-
-    def playbook(self, label, playbook, inventory, extra, extra_env=None, timeout=1800, check=True):
-        tag = '%03d-%s' % (next(self.runs), label)
-        vars_file = os.path.join(self.workdir, tag + '.vars.json')
-        with open(vars_file, 'w') as handle:
-            json.dump(extra, handle)
-        timer = os.path.join(self.workdir, tag + '.timer.json')
-        logfile = os.path.join(self.workdir, tag + '.log')
-        env = dict(self.env, FLEETBENCH_TIMER_OUT=timer, **(extra_env or {}))
-        argv = ['ansible-playbook', '-i', inventory, '-e', '@' + vars_file, playbook]
-        launched = time.time()
-        start = time.monotonic()
-        with open(logfile, 'w') as out:
-            proc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=timeout, check=False)
-        wall = time.monotonic() - start
-        with open(logfile) as handle:
-            output = handle.read()
-        if check and proc.returncode != 0:
-            command = ' '.join(argv)
-            raise BenchError('%s failed (exit %d), log %s:\n%s' % (command, proc.returncode, logfile, output[-4000:]))
-        records = None
-        if os.path.exists(timer):
-            with open(timer) as handle:
-                records = json.load(handle)
-        if records is not None:
-            records['launched'] = launched
-        return dict(wall=wall, rc=proc.returncode, output=output, records=records, log=logfile)
 
 
 def write_local_inventory(workdir):
@@ -390,17 +130,16 @@ def read_report(report_dir):
 class Fleet:
     """The benchmark's VMs on the hosts of one inventory (localhost or the test hosts)."""
 
-    def __init__(self, args, ansible, inventory, hosts, names, old_binary):
+    def __init__(self, args, ansible, inventory, hosts, names):
         self.args = args
         self.ansible = ansible
         self.inventory = inventory
         self.hosts = hosts
         self.names = names
-        self.old = old_binary
 
     def _run(self, state, names, label, check=True, info_first=False):
-        return self.ansible.playbook(label, os.path.join(self.ansible.workdir, 'vms.yml'), self.inventory, dict(
-            fb_hosts=self.hosts, fb_names=names, fb_state=state, fb_binary=self.old, fb_target=NEWER,
+        return self.ansible.playbook(label, 'vms.yml', self.inventory, dict(
+            fb_hosts=self.hosts, fb_names=names, fb_state=state, fb_binary=self.args.old_qemu, fb_target=NEWER,
             fb_runtime_dir=self.args.runtime_dir, fb_info_first=info_first), check=check)
 
     def _slices(self):
@@ -435,47 +174,34 @@ class Fleet:
 
 
 def runtime_leftovers(runtime_dir, names, memory_dir):
-    """Kill QEMUs of the benchmark's VMs and remove their files (this namespace only)."""
-    killed = []
-    memory_files = set(os.path.join(memory_dir, 'liveupdate-qemu-%s.ram' % n) for n in names)
-    for entry in os.listdir('/proc'):
-        if not entry.isdigit():
-            continue
-        try:
-            with open('/proc/%s/cmdline' % entry, 'rb') as handle:
-                argv = handle.read().decode('utf-8', 'replace').split('\0')
-        except OSError:
-            continue
-        if argv and os.path.basename(argv[0]).startswith('qemu-system-') and (
-                any(runtime_dir + '/' in a for a in argv) or any(m in ' '.join(argv) for m in memory_files)):
-            try:
-                os.kill(int(entry), signal.SIGKILL)
-                killed.append(int(entry))
-            except OSError:
-                pass
-    deadline = time.monotonic() + 10
-    while killed and time.monotonic() < deadline and any(os.path.exists('/proc/%d' % p) for p in killed):
-        time.sleep(0.05)
-    removed = 0
-    for path in memory_files:
-        if os.path.exists(path):
-            os.unlink(path)
-            removed += 1
+    """End the QEMUs of the benchmark's VMs and remove their files (this PID namespace only)."""
+    ended, removed = benchlib.remove_leftovers(runtime_dir, [memory_file_for(memory_dir, n) for n in names])
     if os.path.isdir(runtime_dir):
         shutil.rmtree(runtime_dir)
-    return killed, removed
+    return ended, removed
 
 
 # --- analysis ---
 
+def step_total(updates, name):
+    """Seconds of step ``name`` of the live_update ``timings``, summed over ``updates``."""
+    return sum((u['timings'] or {}).get(name, 0.0) for u in updates)
+
+
+def steps_sum(updates):
+    return dict((name, round(step_total(updates, name), 3)) for name in STEPS)
+
+
 def breakdown(records, wall):
-    """Where the time of one rollout went, from the callback's task records (seconds)."""
+    """Where the time of one rollout went, from the callback's task records (seconds).
+
+    Tasks are told apart by where they come from, not by their names: the role, the action, check
+    mode and the task file. The update tasks are rolling_update's live_update tasks outside check mode
+    (its preflight is the one in check mode); the other tasks of a batch are those in the same task
+    file as an update task, and the include_tasks that names that file."""
     tasks = records['tasks'] if records else []
     updates = [u for u in (records['updates'] if records else []) if not u['check_mode']]
     pre_updates = [u for u in (records['updates'] if records else []) if u['check_mode']]
-
-    def short(t):
-        return t['name'].split(' : ')[-1]
 
     def role(t):
         return (t['role'] or '').split('.')[-1]
@@ -483,23 +209,29 @@ def breakdown(records, wall):
     def action(t):
         return (t['action'] or '').split('.')[-1]
 
+    def rollout_update(t, check_mode):
+        return role(t) == ROLLOUT_ROLE and action(t) == 'live_update' and t['check_mode'] == check_mode
+
     def total(pred):
         return sum(t['duration'] for t in tasks if pred(t))
 
-    def step(name, entries):
-        return sum((u['timings'] or {}).get(name, 0.0) for u in entries)
-
     startup = (records['started'] - records['launched'] + tasks[0]['start']) if tasks else 0.0
-    update_tasks = [t for t in tasks if action(t) == 'live_update' and short(t) == 'Live-update the batch']
-    rolling = total(lambda t: role(t) == 'rolling_update')
+    update_tasks = [t for t in tasks if rollout_update(t, False)]
+    batch_files = set(os.path.basename(t['path'].rsplit(':', 1)[0]) for t in update_tasks)
+
+    def batch_other(t):
+        in_batch_file = os.path.basename((t['path'] or '').rsplit(':', 1)[0]) in batch_files
+        includes_it = os.path.basename(t['includes'] or '') in batch_files
+        return role(t) == ROLLOUT_ROLE and not rollout_update(t, False) and (in_batch_file or includes_it)
+
+    rolling = total(lambda t: role(t) == ROLLOUT_ROLE)
     parts = dict(
         startup=startup,  # ansible-playbook start (python, inventory, playbook parsing) until its first play
         setup_roles=total(lambda t: role(t) in ('hypervisor', 'qemu_build')),
-        discovery_vm_info=total(lambda t: role(t) == 'rolling_update' and action(t) == 'vm_info'),
-        preflight_task=total(lambda t: role(t) == 'rolling_update' and action(t) == 'live_update'
-                             and short(t).startswith('Preflight')),
+        discovery_vm_info=total(lambda t: role(t) == ROLLOUT_ROLE and action(t) == 'vm_info'),
+        preflight_task=total(lambda t: rollout_update(t, True)),
         update_tasks=sum(t['duration'] for t in update_tasks),
-        batch_other_tasks=total(lambda t: role(t) == 'rolling_update' and short(t) in BATCH_TASKS),
+        batch_other_tasks=total(batch_other),
         report_play=total(lambda t: not t['role'] and action(t) != 'play'),
         play_headers=total(lambda t: action(t) == 'play'),
     )
@@ -512,19 +244,13 @@ def breakdown(records, wall):
         wall=round(wall, 2),
         n_tasks=len([t for t in tasks if t['action'] != 'play']),
         update_tasks_n=len(update_tasks),
-        engine_sum=round(step('engine', updates), 2),
+        engine_sum=round(step_total(updates, 'engine'), 2),
         # locate + recover + preflight + engine of every VM: the module's own work in the update tasks
-        module_steps_sum=round(sum(step(s, updates) for s in ('locate', 'recover', 'preflight', 'engine')), 2),
-        preflight_steps_sum=round(sum(step(s, pre_updates) for s in ('locate', 'recover', 'preflight')), 2),
-        steps_sum=dict((s, round(step(s, updates), 3)) for s in ('locate', 'recover', 'preflight', 'spawn',
-                                                                 'migrate', 'switch', 'finish', 'engine')),
+        module_steps_sum=round(sum(step_total(updates, s) for s in ('locate', 'recover', 'preflight', 'engine')), 2),
+        preflight_steps_sum=round(sum(step_total(pre_updates, s) for s in ('locate', 'recover', 'preflight')), 2),
+        steps_sum=steps_sum(updates),
     )
     return out
-
-
-BATCH_TASKS = ("Update the VMs, batch by batch", "Start the batch's list of targets", "Collect the batch's QMP sockets",
-               "Report each VM of the batch", "Health gate, QMP run state", "Health gate, the operator's command",
-               "Record the batch's results", "Stop this host at the first failure")
 
 
 def summarize_run(kind, n, batch, concurrency, run, report, hosts=1):
@@ -559,11 +285,11 @@ def single_host(args, ansible, workdir, results):
             runtime_leftovers(args.runtime_dir, all_names, args.memory_dir)
         for n in args.sizes:
             names = vm_names(n)
-            fleet = Fleet(args, ansible, inventory, 'localhost', names, args.old_qemu)
+            fleet = Fleet(args, ansible, inventory, 'localhost', names)
             for batch, concurrency in args.configs:
                 for rep in range(args.repeat):
                     label = 'n%d-b%d-c%d-r%d' % (n, batch, concurrency, rep)
-                    log('%s: starting %d VMs on %s' % (label, n, qemu_version(args.old_qemu)))
+                    log('%s: starting %d VMs on %s' % (label, n, qemu_banner(args.old_qemu)))
                     start_s = fleet.start()
                     log('%s: %d VMs up in %.1f s; load %s; running the rollout playbook' % (
                         label, n, start_s, loadavg()))
@@ -590,7 +316,7 @@ def single_host(args, ansible, workdir, results):
                     label = 'n%d-direct-c%d' % (n, concurrency)
                     log('%s: starting %d VMs' % (label, n))
                     fleet.start()
-                    run = ansible.playbook('direct-' + label, os.path.join(workdir, 'direct.yml'), inventory, dict(
+                    run = ansible.playbook('direct-' + label, 'direct.yml', inventory, dict(
                         fb_hosts='localhost', fb_names=names, fb_vms=[{'name': x} for x in names], fb_target=NEWER,
                         fb_runtime_dir=args.runtime_dir, fb_concurrency=concurrency), check=False)
                     updates = list((run['records'] or {}).get('updates', []))
@@ -600,9 +326,7 @@ def single_host(args, ansible, workdir, results):
                                  rc=run['rc'], updated=sum(1 for u in updates if u['changed'] and not u['failed']),
                                  task_s=round(sum(t['duration'] for t in task), 2),
                                  pause=pause_stats([u['guest_pause_ms'] for u in updates]),
-                                 steps_sum=dict((s, round(sum(u['timings'].get(s, 0.0) for u in updates), 3))
-                                                for s in ('locate', 'recover', 'preflight', 'spawn', 'migrate',
-                                                          'switch', 'finish', 'engine')),
+                                 steps_sum=steps_sum(updates),
                                  loadavg=loadavg())
                     after, dummy = fleet.check_and_stop()
                     entry['after'] = summarize_after(after, names)
@@ -617,10 +341,10 @@ def single_host(args, ansible, workdir, results):
 
 def baseline(args, ansible, workdir, inventory, results):
     names = vm_names(1)
-    fleet = Fleet(args, ansible, inventory, 'localhost', names, args.old_qemu)
+    fleet = Fleet(args, ansible, inventory, 'localhost', names)
     log('baseline: one VM, %d live updates' % args.baseline_runs)
     fleet.start()
-    run = ansible.playbook('baseline', os.path.join(workdir, 'baseline.yml'), inventory, dict(
+    run = ansible.playbook('baseline', 'baseline.yml', inventory, dict(
         fb_hosts='localhost', fb_names=names, fb_target=NEWER, fb_runtime_dir=args.runtime_dir,
         fb_runs=args.baseline_runs), check=False)
     updates = [u for u in (run['records'] or {}).get('updates', []) if u['changed'] and not u['failed']]
@@ -629,9 +353,7 @@ def baseline(args, ansible, workdir, inventory, results):
                  pause=pause_stats([u['guest_pause_ms'] for u in updates]),
                  first_pause_ms=updates[0]['guest_pause_ms'] if updates else None,
                  engine=pause_stats([u['timings'].get('engine') for u in updates]),
-                 steps_sum=dict((s, round(sum(u['timings'].get(s, 0.0) for u in updates), 3))
-                                for s in ('locate', 'recover', 'preflight', 'spawn', 'migrate', 'switch', 'finish',
-                                          'engine')),
+                 steps_sum=steps_sum(updates),
                  loadavg=loadavg())
     fleet.check_and_stop()
     results.append(entry)
@@ -670,7 +392,7 @@ def multi_host(args, ansible, workdir, results):
             raise BenchError('test hosts not up: %s' % down)
         log('%d hosts up in %.1f s' % (args.hosts, create_s))
         inventory = write_hosts_inventory(workdir, hosts_json)
-        fleet = Fleet(args, ansible, inventory, 'hypervisors', names, args.old_qemu)
+        fleet = Fleet(args, ansible, inventory, 'hypervisors', names)
         for batch, concurrency in args.host_configs:
             for pipelining in args.pipelining:
                 suffix = '-pipelining' if pipelining else ''
@@ -825,15 +547,6 @@ def parse_args(argv=None):
     return args
 
 
-def child_of(pid):
-    try:
-        with open('/proc/%d/task/%d/children' % (pid, pid)) as handle:
-            children = handle.read().split()
-    except OSError:
-        return None
-    return int(children[0]) if children else None
-
-
 def run_isolated_single(args, argv):
     """Part 1 in a PID namespace of its own: a child of this process, results through a JSON file.
     Returns (results, exit code, interrupted)."""
@@ -844,7 +557,7 @@ def run_isolated_single(args, argv):
     env = dict(os.environ, **{ISOLATED_ENV: '1'})
     # --kill-child: should this process die, the namespace's init (REAPER) goes, and the kernel kills
     # every QEMU in it (their memory files are then removed by this process's cleanup).
-    cmd = ['unshare', '--pid', '--fork', '--mount-proc', '--kill-child', sys.executable, '-c', REAPER,
+    cmd = ['unshare', '--pid', '--fork', '--mount-proc', '--kill-child', sys.executable, REAPER,
            sys.executable, os.path.abspath(__file__)]
     interrupted = False
     try:
@@ -855,7 +568,7 @@ def run_isolated_single(args, argv):
             # Let the child clean up and write what it has (unshare does not pass SIGTERM on; the
             # reaper does).
             interrupted = True
-            child = child_of(proc.pid)
+            child = benchlib.child_of(proc.pid)
             if child:
                 os.kill(child, signal.SIGTERM)
             try:
@@ -876,19 +589,18 @@ def run_isolated_single(args, argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
+    benchlib.setup('fleet', (signal.SIGTERM, signal.SIGHUP))
     if os.geteuid() != 0:
         raise SystemExit('run as root (QEMU processes, /run, test hosts)')
     meta = dict(time=time.strftime('%Y-%m-%d %H:%M:%S'), loadavg_before=loadavg(), nproc=os.cpu_count(),
-                old=qemu_version(args.old_qemu), new=qemu_version(NEWER), uptime=subprocess.run(
+                old=qemu_banner(args.old_qemu), new=qemu_banner(NEWER), uptime=subprocess.run(
                     ['uptime'], capture_output=True, text=True, check=False).stdout.strip(), argv=argv)
     results = []
     rc = 0
     workdir = args.keep_logs or tempfile.mkdtemp(prefix='fleetbench-')
     os.makedirs(workdir, exist_ok=True)
     try:
-        ansible = Ansible(workdir)
+        ansible = Ansible(benchlib.snapshot_collection(os.path.join(workdir, 'collections')), workdir)
         if args.part in ('all', 'single') and args.sizes:
             if args.isolate and not os.environ.get(ISOLATED_ENV) and args.part == 'all':
                 part, child_rc, interrupted = run_isolated_single(args, argv)
@@ -910,8 +622,7 @@ def main(argv=None):
     finally:
         meta['loadavg_after'] = loadavg()
         if args.json:
-            with open(args.json, 'w') as handle:
-                json.dump(dict(meta=meta, results=results), handle, indent=2)
+            write_json(args.json, dict(meta=meta, results=results), indent=2)
         if not args.keep_logs:
             shutil.rmtree(workdir, ignore_errors=True)
         else:

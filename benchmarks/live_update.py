@@ -40,7 +40,6 @@ import argparse
 import fcntl
 import hashlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -51,77 +50,38 @@ import sys
 import time
 import traceback
 
-# The collection's QMP session (PYTHONPATH from .build/env.sh): qemu.qmp's async client, not
-# qemu.qmp.legacy, which is GPL-2.0-only.
-from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPError, QMPSession, QMPTimeout
+import benchlib  # benchmarks/benchlib.py: first, it puts the collection on sys.path
+from benchlib import NEWER, Ansible, BenchError, end_processes, log, qemu_version, stats, write_json
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
+from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import QemuCommandLine, QemuOpts
+from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import LiveUpdateError
+from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import QemuProcess, process_alive, qemu_processes
+from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_state import (
+    MIGRATION_END, event_time, query_capabilities, query_vm, set_capabilities,
+)
+# The collection's QMP session: qemu.qmp's async client, not qemu.qmp.legacy, which is GPL-2.0-only.
+from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPSession, QMPTimeout
+from ansible_collections.liveupdate.qemu.plugins.module_utils._vm_spec import memory_file_for
+from ansible_collections.liveupdate.qemu.plugins.module_utils._wait import WaitTimeout, wait_for
 
+sys.path.insert(0, os.path.join(benchlib.ROOT, 'tools'))
 import guestlog  # noqa: E402  (tools/guestlog.py)
 
-NEWER = '/usr/bin/qemu-system-x86_64'
 QEMU_DEFAULT_BANDWIDTH = 128 << 20  # QEMU 7.2's max-bandwidth default (bytes/s)
 TARGETS = dict(pause_p99_ms=20.0, pause_ratio=1.2, bytes=1 << 20, engine_s=0.25, speedup=30.0)
 HEARTBEATS_AFTER = 10  # heartbeats (100 ms apart) to wait for after an update
 BASELINE_HEARTBEATS = 30  # heartbeats before an update whose largest step is the baseline
 
 
-class BenchError(Exception):
-    pass
-
-
 class GuestLost(BenchError):
     """The guest stopped printing heartbeats on the new process (a kernel panic, for one)."""
 
 
-def log(msg):
-    sys.stderr.write('[bench %s] %s\n' % (time.strftime('%H:%M:%S'), msg))
-    sys.stderr.flush()
-
-
-def _terminate(signum, frame):
-    raise KeyboardInterrupt('signal %d' % signum)
-
-
-# --- statistics ---
-
-def p99(values):
-    """Nearest-rank 99th percentile: with fewer than 100 values, the maximum."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
-
-
-def stats(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return dict(n=len(values), median=statistics.median(values), p99=p99(values), min=min(values), max=max(values))
-
-
 # --- machine ---
 
-def qemu_processes():
-    """[(pid, argv)] of every qemu-system process on the machine."""
-    found = []
-    for entry in os.listdir('/proc'):
-        if not entry.isdigit():
-            continue
-        try:
-            with open('/proc/%s/cmdline' % entry, 'rb') as handle:
-                argv = [a.decode('utf-8', 'replace') for a in handle.read().split(b'\0')[:-1]]
-        except OSError:
-            continue
-        if argv and os.path.basename(argv[0]).startswith('qemu-system-'):
-            found.append((int(entry), argv))
-    return found
-
-
 def load_snapshot(mine=()):
-    with open('/proc/loadavg') as handle:
-        load = handle.read().split()[:3]
-    others = [pid for pid, argv in qemu_processes() if not any(m in ' '.join(argv) for m in mine)]
-    return dict(time=time.strftime('%Y-%m-%d %H:%M:%S'), loadavg=[float(x) for x in load], other_qemu=len(others))
+    others = [p.pid for p in qemu_processes() if not any(m in ' '.join(p.argv) for m in mine)]
+    return dict(time=time.strftime('%Y-%m-%d %H:%M:%S'), loadavg=benchlib.loadavg(), other_qemu=len(others))
 
 
 def meminfo():
@@ -131,11 +91,6 @@ def meminfo():
             key, rest = line.split(':', 1)
             values[key] = int(rest.split()[0]) * 1024
     return values
-
-
-def qemu_version(binary):
-    out = subprocess.run([binary, '--version'], capture_output=True, text=True, check=True).stdout
-    return out.splitlines()[0].replace('QEMU emulator version ', '')
 
 
 def machine_info(old, new):
@@ -148,39 +103,15 @@ def machine_info(old, new):
                 new_qemu=dict(binary=new, version=qemu_version(new)))
 
 
-# --- ansible ---
-
-class Ansible:
-    """Runs one module of the collection with ``ansible localhost -m``."""
-
-    def __init__(self, runtime_dir, collections):
-        self.runtime_dir = runtime_dir
-        self.env = dict(os.environ, ANSIBLE_NOCOLOR='1', ANSIBLE_LOCALHOST_WARNING='0', ANSIBLE_COLLECTIONS_PATH=collections,
-                        ANSIBLE_INVENTORY_UNPARSED_WARNING='0', ANSIBLE_DEPRECATION_WARNINGS='0')
-
-    def module(self, module, args, timeout=900):
-        args = dict(args, runtime_dir=self.runtime_dir)
-        cmd = ['ansible', 'localhost', '-e', 'ansible_python_interpreter=%s' % sys.executable,
-               '-m', 'liveupdate.qemu.%s' % module, '-a', json.dumps(args)]
-        start = time.monotonic()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env, timeout=timeout, check=False)
-        wall = time.monotonic() - start
-        out = proc.stdout
-        marker = out.find('=>')
-        if marker < 0:
-            raise BenchError('ansible -m %s printed no result (rc %d):\n%s\n%s' % (module, proc.returncode, out, proc.stderr))
-        result = json.JSONDecoder().raw_decode(out[marker + 2:].lstrip())[0]
-        result['_wall_s'] = wall
-        return result
-
+# --- the collection measured ---
 
 def build_collection(rev, workdir):
     """Build and install the collection as committed at ``rev`` (git archive), so that edits in the
     working tree or a rebuild of .build/collections during the run do not change what is measured."""
     src, out, dest = (os.path.join(workdir, d) for d in ('src', 'build', 'collections'))
     os.makedirs(src)
-    commit = subprocess.run(['git', '-C', ROOT, 'rev-parse', rev], capture_output=True, text=True, check=True).stdout.strip()
-    archive = subprocess.run(['git', '-C', ROOT, 'archive', commit], capture_output=True, check=True).stdout
+    commit = subprocess.run(['git', '-C', benchlib.ROOT, 'rev-parse', rev], capture_output=True, text=True, check=True).stdout.strip()
+    archive = subprocess.run(['git', '-C', benchlib.ROOT, 'archive', commit], capture_output=True, check=True).stdout
     subprocess.run(['tar', '-x', '-C', src], input=archive, check=True)
     subprocess.run(['ansible-galaxy', 'collection', 'build', '--output-path', out, src], capture_output=True, check=True)
     tarball = [os.path.join(out, f) for f in os.listdir(out) if f.endswith('.tar.gz')][0]
@@ -198,44 +129,35 @@ def collection_identity(collections):
     return ident
 
 
-# --- QMP ---
+# --- QEMU ---
 
-class Qmp:
-    """A QMP session that keeps every event it has seen since the last ``drain``: a destination
+class Qmp(QMPSession):
+    """A QMP session that keeps every event it has seen since the last ``drain_events``: a destination
     that resumes by itself sends RESUME before MIGRATION completed, and both are waited for."""
 
     def __init__(self, path, timeout=30.0):
-        self.session = QMPSession(path, timeout).connect()
-        self.events = []
+        super().__init__(path, timeout)
+        self.kept = []
 
-    def __enter__(self):
-        return self
+    def drain_events(self):
+        self.kept = []
+        return super().drain_events()
 
-    def __exit__(self, *exc):
-        self.session.close()
+    def wait_kept(self, name, timeout, match=lambda e: True):
+        """The first event ``name`` that ``match`` accepts since the last drain, waiting up to ``timeout``."""
+        def found():
+            event = next((e for e in self.kept if e['event'] == name and match(e)), None)
+            if event is None:
+                try:
+                    self.kept.append(self.wait_event(timeout=0.05))
+                except QMPTimeout:
+                    pass
+            return event
 
-    def execute(self, command, **args):
-        return self.session.execute(command, args)
-
-    def drain(self):
-        self.session.drain_events()
-        self.events = []
-
-    def wait_event(self, name, timeout, pred=lambda e: True):
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while True:
-            for event in self.events[seen:]:
-                if event['event'] == name and pred(event):
-                    return event
-            seen = len(self.events)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BenchError('no %s event within %gs (seen: %s)' % (name, timeout, [e['event'] for e in self.events]))
-            try:
-                self.events.append(self.session.wait_event(timeout=min(left, 1.0)))
-            except QMPTimeout:
-                pass
+        try:
+            return wait_for(found, timeout, '%s event from %s' % (name, self.path), interval=0)
+        except WaitTimeout:
+            raise BenchError('no %s event within %gs (seen: %s)' % (name, timeout, [e['event'] for e in self.kept]))
 
 
 def rss_shmem_mib(pid):
@@ -250,92 +172,39 @@ def rss_shmem_mib(pid):
     return None
 
 
-def event_time(event):
-    return event['timestamp']['seconds'] + event['timestamp']['microseconds'] / 1e6
-
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open('/proc/%d/stat' % pid) as handle:
-            return handle.read().rsplit(')', 1)[1].split()[0] != 'Z'
-    except OSError:
-        return False
-
-
-def wait_gone(pid, timeout):
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
-
-
-def kill_pid(pid, timeout=10):
-    """SIGTERM, then SIGKILL, one process of ours."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        if wait_gone(pid, timeout):
-            return
-
-
-def read_argv_env(pid):
-    with open('/proc/%d/cmdline' % pid, 'rb') as handle:
-        argv = [a.decode('utf-8', 'surrogateescape') for a in handle.read().split(b'\0')[:-1]]
+def read_environ(pid):
     env = {}
     with open('/proc/%d/environ' % pid, 'rb') as handle:
         for item in handle.read().split(b'\0'):
             key, sep, value = item.decode('utf-8', 'surrogateescape').partition('=')
             if sep:
                 env[key] = value
-    return argv, env
-
-
-def replace_opt(value, key, new):
-    """Replace key=... in a QEMU option string (no commas inside our values)."""
-    parts = value.split(',')
-    return ','.join('%s=%s' % (key, new) if p.startswith(key + '=') else p for p in parts)
+    return env
 
 
 def destination_argv(argv, qmp, pidfile, serial, mem_path, machine):
     """The source's command line for a full-copy destination: own QMP socket, pidfile, serial
     socket (same log file, appended to) and memory file, the machine type pinned, -incoming."""
-    out, i = [argv[0]], 1
-    while i < len(argv):
-        opt = argv[i]
-        value = argv[i + 1] if i + 1 < len(argv) else None
-        if opt == '-qmp':
-            out += [opt, 'unix:%s,server=on,wait=off' % qmp]
-        elif opt == '-pidfile':
-            out += [opt, pidfile]
-        elif opt == '-chardev' and value.startswith('socket,') and 'path=' in value:
-            out += [opt, replace_opt(value, 'path', serial)]
-        elif opt == '-object' and 'mem-path=' in value:
-            out += [opt, replace_opt(value, 'mem-path', mem_path)]
-        elif opt == '-machine':
-            parts = value.split(',')
-            if '=' not in parts[0]:
-                parts[0] = machine
-            out += [opt, ','.join(parts)]
-        elif opt in ('-S', '-daemonize'):
-            i += 1
+    source = QemuCommandLine.parse(argv)
+    options = []
+    for name, value in source.options:
+        if name in ('S', 'daemonize', 'incoming'):
             continue
-        elif opt == '-incoming':
-            i += 2
-            continue
-        else:
-            out.append(opt)
-            i += 1
-            continue
-        i += 2
-    return out + ['-incoming', 'defer', '-daemonize']
+        if name == 'qmp':
+            value = 'unix:%s,server=on,wait=off' % qmp
+        elif name == 'pidfile':
+            value = pidfile
+        elif name in ('chardev', 'object', 'machine'):
+            opts = QemuOpts.parse(value)
+            if name == 'chardev' and opts.head() == 'socket' and opts.get('path'):
+                opts.set('path', serial)
+            elif name == 'object' and opts.get('mem-path'):
+                opts.set('mem-path', mem_path)
+            elif name == 'machine' and opts.head() is not None:
+                opts.items[0] = (None, machine)
+            value = opts.format()
+        options.append((name, value))
+    return QemuCommandLine(source.binary, options + [('incoming', 'defer'), ('daemonize', None)]).argv()
 
 
 # --- the guest ---
@@ -359,18 +228,27 @@ class GuestWatch:
         """Wait for HEARTBEATS_AFTER heartbeats after ``resumed`` (the heartbeat index when the guest
         was resumed on the new process; default ``mark``); the largest uptime step since ``mark``, the
         largest one in the BASELINE_HEARTBEATS before it, and continuity."""
-        deadline = time.monotonic() + timeout
         need = (mark if resumed is None else resumed) + HEARTBEATS_AFTER
-        while True:
+        start = time.monotonic()
+
+        def lost():
+            gone = '' if pid is None or process_alive(pid) else '; its QEMU pid %d is gone' % pid
+            return GuestLost('guest printed %d heartbeats in %.0fs after it was resumed on the new process (need %d)%s'
+                             % (len(self.summary().heartbeats) - need + HEARTBEATS_AFTER, time.monotonic() - start,
+                                HEARTBEATS_AFTER, gone))
+
+        def enough():
             s = self.summary()
             if len(s.heartbeats) >= need:
-                break
-            if time.monotonic() > deadline or (pid is not None and not pid_alive(pid)):
-                gone = '' if pid is None or pid_alive(pid) else '; its QEMU pid %d is gone' % pid
-                waited = timeout - (deadline - time.monotonic())
-                raise GuestLost('guest printed %d heartbeats in %.0fs after it was resumed on the new process (need %d)%s'
-                                % (len(s.heartbeats) - need + HEARTBEATS_AFTER, waited, HEARTBEATS_AFTER, gone))
-            time.sleep(0.05)
+                return s
+            if pid is not None and not process_alive(pid):
+                raise lost()
+            return None
+
+        try:
+            s = wait_for(enough, timeout, '%d heartbeats' % HEARTBEATS_AFTER, interval=0.05)
+        except WaitTimeout:
+            raise lost()
         hb = s.heartbeats
         after = hb[max(mark - 1, 0):]
         before = hb[max(mark - BASELINE_HEARTBEATS, self.floor):mark]
@@ -417,25 +295,27 @@ class SizeBench:
         if res.get('failed') or not res.get('vm', {}).get('pid'):
             raise BenchError('cannot start VM %s: %s' % (self.name, res.get('msg')))
         self.vm = res['vm']
-        self.cleanup.pids.add(self.vm['pid'])
         self.cleanup.files.add(self.vm['memory_file'])
         self.current = dict(pid=self.vm['pid'], qmp=self.vm['qmp_socket'], mem_path=self.vm['memory_file'], mine=False)
         self.watch = GuestWatch(self.vm['serial_log'])
         log('%s: started (pid %d, %s RAM); filling %d MiB inside the guest' % (self.name, self.vm['pid'], args['memory'], self.fill_mb))
-        deadline = time.monotonic() + 180 + self.fill_mb * 0.2
-        last_report = time.monotonic()
-        while True:
+        reported = [time.monotonic()]
+
+        def filled():
             s = self.watch.summary()
             if s.mem_ready_md5 is not None:
-                break
-            if time.monotonic() > deadline:
-                raise BenchError('%s: no LU-MEM-READY after %.0fs' % (self.name, time.monotonic() - start))
-            if not pid_alive(self.current['pid']):
+                return True
+            if not process_alive(self.current['pid']):
                 raise BenchError('%s: QEMU exited during the fill' % self.name)
-            if time.monotonic() - last_report > 60:
+            if time.monotonic() - reported[0] > 60:
                 log('%s: still filling (%.0fs, guest uptime %ss)' % (self.name, time.monotonic() - start, s.last_uptime))
-                last_report = time.monotonic()
-            time.sleep(0.5)
+                reported[0] = time.monotonic()
+            return False
+
+        try:
+            wait_for(filled, 180 + self.fill_mb * 0.2, 'LU-MEM-READY', interval=0.5)
+        except WaitTimeout:
+            raise BenchError('%s: no LU-MEM-READY after %.0fs' % (self.name, time.monotonic() - start))
         self.result['fill_s'] = round(time.monotonic() - start, 1)
         self.watch.around(self.watch.mark(), timeout=60)  # a few heartbeats after the fill
         rss = self.shm_used(self.vm['memory_file'])
@@ -463,12 +343,11 @@ class SizeBench:
                 log('%s: live update %d/%d FAILED at %s (rolled back: %s): %s'
                     % (self.name, run + 1, self.args.runs, res.get('step'), res.get('rolled_back'), res.get('msg')))
                 # A failure that rolled back leaves the guest running on its source: go on with the next run.
-                if res.get('rolled_back') is not True or not pid_alive(self.current['pid']) or len(failures) >= 3:
+                if res.get('rolled_back') is not True or not process_alive(self.current['pid']) or len(failures) >= 3:
                     raise BenchError('%s: live update %d failed: %s' % (self.name, run, json.dumps(res, indent=1)[:3000]))
                 self.watch.around(mark, pid=self.current['pid'])
                 continue
             on_old = not on_old
-            self.cleanup.pids.add(res['new']['pid'])
             self.current.update(pid=res['new']['pid'])
             rss_after = rss_shmem_mib(self.current['pid'])
             # The module has returned: the switch is over. Heartbeats since ``mark`` may all predate it.
@@ -495,12 +374,12 @@ class SizeBench:
     def stop_cont(self, hold_s):
         mark = self.watch.mark(self.args.pause_between)
         with Qmp(self.current['qmp']) as qmp:
-            qmp.drain()
+            qmp.drain_events()
             qmp.execute('stop')
             time.sleep(hold_s)
             qmp.execute('cont')
-            stop = qmp.wait_event('STOP', 10)
-            resume = qmp.wait_event('RESUME', 10)
+            stop = qmp.wait_kept('STOP', 10)
+            resume = qmp.wait_kept('RESUME', 10)
         guest = self.watch.around(mark, pid=self.current['pid'], resumed=self.watch.mark())
         rec = dict(hold_s=hold_s, pause_ms=round((event_time(resume) - event_time(stop)) * 1000, 3), guest=guest)
         self.result.setdefault('stop_cont', []).append(rec)
@@ -513,25 +392,21 @@ class SizeBench:
         out = os.path.join(self.args.runtime_dir, '%s.stream-bytes' % self.name)
         mark = self.watch.mark(self.args.pause_between)
         with Qmp(self.current['qmp']) as qmp:
-            before = {c['capability']: c['state'] for c in qmp.execute('query-migrate-capabilities')}
+            before = query_capabilities(qmp)
             if qmp.execute('query-status')['status'] != 'running':
                 raise BenchError('%s is not running' % self.name)
-            qmp.execute('migrate-set-capabilities', capabilities=[
-                {'capability': 'x-ignore-shared', 'state': True}, {'capability': 'events', 'state': True}])
+            set_capabilities(qmp, {'x-ignore-shared': True, 'events': True})
             try:
-                qmp.drain()
-                qmp.execute('migrate', uri='exec:wc -c > %s' % out)
-                ev = qmp.wait_event('MIGRATION', 60, lambda e: e['data']['status'] in ('completed', 'failed', 'cancelled'))
+                qmp.drain_events()
+                qmp.execute('migrate', {'uri': 'exec:wc -c > %s' % out})
+                ev = qmp.wait_kept('MIGRATION', 60, lambda e: e['data']['status'] in MIGRATION_END)
                 stats_ = qmp.execute('query-migrate')
                 # No destination ever ran this guest: resuming the source is safe.
                 if qmp.execute('query-status')['status'] != 'running':
                     qmp.execute('cont')
             finally:
-                qmp.execute('migrate-set-capabilities', capabilities=[
-                    {'capability': c, 'state': before[c]} for c in ('x-ignore-shared', 'events')])
-        deadline = time.monotonic() + 10
-        while not (os.path.exists(out) and os.path.getsize(out)) and time.monotonic() < deadline:
-            time.sleep(0.05)
+                set_capabilities(qmp, dict((c, before[c]) for c in ('x-ignore-shared', 'events')))
+        wait_for(lambda: os.path.exists(out) and os.path.getsize(out), 10, 'the stream size in %s' % out, interval=0.05)
         with open(out) as handle:
             total = int(handle.read().split()[0])
         os.unlink(out)
@@ -554,7 +429,7 @@ class SizeBench:
             self.result['full_copy_skipped'] = msg
             log('%s: full copy %s' % (self.name, msg))
             return
-        spare = os.path.join(self.args.memory_dir, 'liveupdate-qemu-%s.fullcopy.ram' % self.name)
+        spare = memory_file_for(self.args.memory_dir, self.name + '.fullcopy')  # liveupdate-qemu-NAME.fullcopy.ram
         self.cleanup.files.add(spare)
         for index, mode in enumerate(plans):
             # The destination takes the memory file the source does not use (two files in turn).
@@ -570,12 +445,11 @@ class SizeBench:
         tag = '%s.fc%d' % (self.name, index)
         base = os.path.join(self.args.runtime_dir, tag)
         qmp_path, pidfile, serial, mig = base + '.qmp', base + '.pid', base + '.serial', base + '.migrate'
-        argv, env = read_argv_env(src['pid'])
+        argv, env = QemuProcess.from_pid(src['pid']).argv, read_environ(src['pid'])
         mark = self.watch.mark(self.args.pause_between)
         load = load_snapshot([self.args.runtime_dir])
         with Qmp(src['qmp']) as sq:
-            machine = sq.execute('qom-get', path='/machine', property='type')
-            machine = machine[:-len('-machine')] if machine.endswith('-machine') else machine
+            machine = query_vm(sq, src['pid'])['machine']
             dargv = destination_argv(argv, qmp_path, pidfile, serial, dest_mem, machine)
             denv = dict(os.environ)
             if 'QEMU_MODULE_DIR' in env:
@@ -588,46 +462,50 @@ class SizeBench:
                 raise BenchError('full-copy destination failed to start: %s' % (proc.stderr or proc.stdout))
             with open(pidfile) as handle:
                 dpid = int(handle.read().strip())
-            self.cleanup.pids.add(dpid)
             self.cleanup.files.update([qmp_path, pidfile, serial, mig])
             with Qmp(qmp_path) as dq:
-                caps = [{'capability': 'events', 'state': True}, {'capability': 'x-ignore-shared', 'state': False}]
-                dq.execute('migrate-set-capabilities', capabilities=caps)
-                dq.execute('migrate-incoming', uri='unix:%s' % mig)
-                sq.execute('migrate-set-capabilities', capabilities=caps)
+                caps = {'events': True, 'x-ignore-shared': False}
+                set_capabilities(dq, caps)
+                dq.execute('migrate-incoming', {'uri': 'unix:%s' % mig})
+                set_capabilities(sq, caps)
                 if mode == 'unlimited':
-                    sq.execute('migrate-set-parameters', **{'max-bandwidth': self.args.unlimited_bandwidth})
+                    sq.execute('migrate-set-parameters', {'max-bandwidth': self.args.unlimited_bandwidth})
                 params = sq.execute('query-migrate-parameters')
-                sq.drain()
-                dq.drain()
+                sq.drain_events()
+                dq.drain_events()
                 t_migrate = time.monotonic()
-                sq.execute('migrate', uri='unix:%s' % mig)
+                sq.execute('migrate', {'uri': 'unix:%s' % mig})
                 timeout = 120 + self.size * 2 ** 30 / QEMU_DEFAULT_BANDWIDTH * 3
-                ev = dq.wait_event('MIGRATION', timeout, lambda e: e['data']['status'] in ('completed', 'failed', 'cancelled'))
+                ev = dq.wait_kept('MIGRATION', timeout, lambda e: e['data']['status'] in MIGRATION_END)
                 if ev['data']['status'] != 'completed':
-                    sq.wait_event('MIGRATION', 10, lambda e: e['data']['status'] in ('completed', 'failed', 'cancelled'))
+                    sq.wait_kept('MIGRATION', 10, lambda e: e['data']['status'] in MIGRATION_END)
                     raise BenchError('full copy %s: destination reports %s; source: %s'
                                      % (tag, ev['data']['status'], sq.execute('query-migrate')))
-                resume = dq.wait_event('RESUME', 60)
+                resume = dq.wait_kept('RESUME', 60)
                 t_resumed = time.monotonic()
                 resumed = self.watch.mark()  # the guest ran on the source during the copy: count from here
-                stop = sq.wait_event('STOP', 10)
-                sq.wait_event('MIGRATION', 30, lambda e: e['data']['status'] == 'completed')
+                stop = sq.wait_kept('STOP', 10)
+                sq.wait_kept('MIGRATION', 30, lambda e: e['data']['status'] == 'completed')
+
                 # QEMU 7.2 emits 'completed' before it computes total-time and downtime: wait for them.
-                deadline = time.monotonic() + 5
-                while True:
+                def timed():
+                    state = sq.execute('query-migrate')
+                    return state if state.get('total-time') else None
+
+                try:
+                    st = wait_for(timed, 5, 'total-time in query-migrate', interval=0.01)
+                except WaitTimeout:
                     st = sq.execute('query-migrate')
-                    if st.get('total-time') or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.01)
                 # The destination runs the guest now: the source must never run again.
                 try:
                     sq.execute('quit')
                 # The reply may be lost as QEMU exits.
                 except Exception:  # pylint: disable=broad-except
                     pass
-        if not wait_gone(src['pid'], 10):
-            kill_pid(src['pid'])
+        try:
+            wait_for(lambda: not process_alive(src['pid']), 10, 'the source to exit', interval=0.005)
+        except WaitTimeout:
+            end_processes([src['pid']])
         t_gone = time.monotonic()
         self.current = dict(pid=dpid, qmp=qmp_path, mem_path=dest_mem, mine=True)
         if src['mem_path'] != self.vm['memory_file'] and os.path.exists(src['mem_path']):
@@ -667,9 +545,9 @@ class SizeBench:
         cur = dict(self.current or {})
         if not cur:
             return cur
-        cur['alive'] = pid_alive(cur['pid'])
+        cur['alive'] = process_alive(cur['pid'])
         try:
-            cur['argv'] = read_argv_env(cur['pid'])[0]
+            cur['argv'] = QemuProcess.from_pid(cur['pid']).argv
             with Qmp(cur['qmp'], timeout=5) as qmp:
                 cur['status'] = qmp.execute('query-status')
                 cur['migrate'] = qmp.execute('query-migrate')
@@ -684,7 +562,7 @@ class SizeBench:
             shutil.copy(self.vm['serial_log'], os.path.join(self.args.keep_logs, '%s.serial.log' % self.name))
         cur = self.current
         if cur and cur.get('mine'):
-            kill_pid(cur['pid'])
+            end_processes([cur['pid']])
         if self.vm is not None:
             self.ansible.module('vm', dict(name=self.name, state='stopped'))
 
@@ -696,7 +574,6 @@ class Cleanup:
         self.args = args
         self.ansible = ansible
         self.vms = []
-        self.pids = set()
         self.files = set()
 
     def run(self):
@@ -707,23 +584,10 @@ class Cleanup:
                     self.ansible.module('vm', dict(name=name, state='stopped'), timeout=120)
                 except Exception as exc:  # pylint: disable=broad-except
                     log('cleanup: vm %s state=stopped: %s' % (name, exc))
-            # A destination that an interrupted module run had started is not in self.pids: every QEMU whose
-            # command line names our runtime directory was started by this run (we hold its lock).
-            self.pids.update(pid for pid, argv in qemu_processes() if (self.args.runtime_dir + '/') in ' '.join(argv))
-            for pid in sorted(self.pids):
-                # Only processes this run started, and only if the pid still is one of them.
-                if pid_alive(pid):
-                    try:
-                        argv, dummy = read_argv_env(pid)
-                    except OSError:
-                        continue
-                    text = ' '.join(argv)
-                    if self.args.runtime_dir in text or any(f in text for f in self.files):
-                        log('cleanup: killing QEMU pid %d' % pid)
-                        kill_pid(pid)
-            for path in sorted(self.files):
-                if os.path.lexists(path):
-                    os.unlink(path)
+            # Every QEMU whose command line names our runtime directory or one of our files was started by
+            # this run (we hold the directory's lock): the full-copy destinations, and a destination that an
+            # interrupted module run had started.
+            benchlib.remove_leftovers(self.args.runtime_dir, sorted(self.files))
             for name in self.vms:
                 shutil.rmtree(os.path.join(self.args.runtime_dir, name), ignore_errors=True)
             # The runtime directory is ours (we hold its .bench.lock): remove it when only lock files are left.
@@ -835,12 +699,18 @@ def verdicts(results, summaries):
     """[(target, measured, MET/NOT MET/n/a)]."""
     out = []
     by_size = {s['size_gib']: summ for s, summ in zip(results, summaries)}
-    pauses = {sz: summ['live_update']['guest_pause_ms'] for sz, summ in by_size.items() if summ['live_update']['guest_pause_ms']}
-    if pauses:
-        worst = max(p['p99'] for p in pauses.values())
-        out.append(('guest pause p99 <= %g ms at every size' % TARGETS['pause_p99_ms'],
-                    ', '.join('%s GiB %.1f ms (n=%d, =max)' % (sz, p['p99'], p['n']) for sz, p in sorted(pauses.items())),
-                    'MET' if worst <= TARGETS['pause_p99_ms'] else 'NOT MET'))
+
+    def every_size(key, target, title, shown):
+        """A target on the p99 of the live updates' ``key`` at every size; ``shown(size, stats)`` per size."""
+        values = {sz: summ['live_update'][key] for sz, summ in by_size.items() if summ['live_update'][key]}
+        if values:
+            worst = max(v['p99'] for v in values.values())
+            out.append((title, ', '.join(shown(sz, v) for sz, v in sorted(values.items())),
+                        'MET' if worst <= target else 'NOT MET'))
+        return values
+
+    pauses = every_size('guest_pause_ms', TARGETS['pause_p99_ms'], 'guest pause p99 <= %g ms at every size' % TARGETS['pause_p99_ms'],
+                        lambda sz, p: '%s GiB %.1f ms (n=%d, =max)' % (sz, p['p99'], p['n']))
     small, big = min(pauses) if pauses else None, max(pauses) if pauses else None
     if small is not None and big is not None and big != small:
         r_med = pauses[big]['median'] / pauses[small]['median']
@@ -860,12 +730,8 @@ def verdicts(results, summaries):
     out.append(('live updates completed (not a target)', '%d of %d; failed: %s' % (
         attempted - failed, attempted, '; '.join(sorted({'%s' % f['msg'] for s in results for f in s.get('live_update_failures', [])})) or 'none'),
         'MET' if failed == 0 else 'NOT MET'))
-    engines = {sz: summ['live_update']['engine_s'] for sz, summ in by_size.items() if summ['live_update']['engine_s']}
-    if engines:
-        worst = max(e['p99'] for e in engines.values())
-        out.append(('engine time <= %g s' % TARGETS['engine_s'],
-                    ', '.join('%s GiB median %.3f s, max %.3f s' % (sz, e['median'], e['max']) for sz, e in sorted(engines.items())),
-                    'MET' if worst <= TARGETS['engine_s'] else 'NOT MET'))
+    every_size('engine_s', TARGETS['engine_s'], 'engine time <= %g s' % TARGETS['engine_s'],
+               lambda sz, e: '%s GiB median %.3f s, max %.3f s' % (sz, e['median'], e['max']))
     ref = 4 if 4 in by_size else None
     if ref is not None:
         summ = by_size[ref]
@@ -925,7 +791,7 @@ def main(argv=None):
     if not args.old_binary or not os.access(args.old_binary, os.X_OK):
         ap.error('no older QEMU build: set LIVEUPDATE_OLD_QEMU (source .build/env.sh) or --old-binary')
 
-    signal.signal(signal.SIGTERM, _terminate)
+    benchlib.setup('bench')
     os.makedirs(args.runtime_dir, mode=0o755, exist_ok=True)
     lock = os.open(os.path.join(args.runtime_dir, '.bench.lock'), os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -943,10 +809,10 @@ def main(argv=None):
             shutil.rmtree(workdir, ignore_errors=True)
             ap.error('cannot build the collection at %s: %s %s' % (args.git_rev, exc, getattr(exc, 'stderr', '') or ''))
         log('measuring the collection at commit %s (%s)' % (commit[:12], collections))
-    ansible = Ansible(args.runtime_dir, collections)
+    ansible = Ansible(collections, module_args=dict(runtime_dir=args.runtime_dir))
     cleanup = Cleanup(args, ansible)
     report = dict(collection=dict(path=collections, commit=commit, sha256=collection_identity(collections)),
-                  command=' '.join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]) if argv is None else argv,
+                  command=' '.join([os.path.relpath(sys.argv[0], benchlib.ROOT)] + sys.argv[1:]) if argv is None else argv,
                   host=socket.gethostname(), machine=machine_info(args.old_binary, args.new_binary),
                   load_start=load_snapshot([args.runtime_dir]), sizes=[], started=time.strftime('%Y-%m-%d %H:%M:%S'))
     log('machine: %d cores, %s GiB RAM, load %s, %d other QEMU processes; old %s, new %s' % (
@@ -968,7 +834,7 @@ def main(argv=None):
                     bench.stream_size()
                 if args.full_copy_modes:
                     bench.full_copies()
-            except (BenchError, OSError, subprocess.SubprocessError, QMPError) as exc:
+            except (BenchError, OSError, subprocess.SubprocessError, LiveUpdateError) as exc:
                 log('ERROR: %s: %s' % (type(exc).__name__, exc))
                 bench.result['errors'].append(dict(error='%s: %s' % (type(exc).__name__, exc), traceback=traceback.format_exc(),
                                                    state=bench.diagnose()))
@@ -989,15 +855,13 @@ def main(argv=None):
         report['finished'] = time.strftime('%Y-%m-%d %H:%M:%S')
 
     if args.json:  # the raw measurements first, whatever happens to the summary
-        with open(args.json, 'w') as handle:
-            json.dump(report, handle, indent=1, default=str)
+        write_json(args.json, report)
     summaries = [summarize(s) for s in report['sizes']]
     ver = verdicts(report['sizes'], summaries)
     report['summary'] = summaries
     report['verdicts'] = [dict(target=t, measured=m, verdict=v) for t, m, v in ver]
     if args.json:
-        with open(args.json, 'w') as handle:
-            json.dump(report, handle, indent=1, default=str)
+        write_json(args.json, report)
         log('wrote %s' % args.json)
     print('liveupdate.qemu live-update benchmark, %s; %d cores, TCG; older %s, newer %s' % (
         report['started'], report['machine']['cores'], report['machine']['old_qemu']['version'], report['machine']['new_qemu']['version']))

@@ -1,0 +1,256 @@
+# -*- coding: utf-8 -*-
+# Copyright: liveupdate.qemu contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""What benchmarks/live_update.py and benchmarks/fleet.py share: the collection on sys.path, one
+Ansible runner (``ansible -m`` for one module, ``ansible-playbook`` with the benchmark callback for a
+playbook), QEMU process helpers over the collection's own, statistics, logging, JSON output and the
+clean-up of what a run leaves behind.
+
+The collection is imported from the installed copy in ANSIBLE_COLLECTIONS_PATH
+(``source .build/env.sh``), the same copy the Ansible runs use: the source tree is not laid out as
+``ansible_collections/liveupdate/qemu``. Import this module before any ``ansible_collections`` one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
+BENCH_DIR = os.path.join(ROOT, 'benchmarks')
+PLAYBOOK_DIR = os.path.join(BENCH_DIR, 'playbooks')
+CALLBACK_DIR = os.path.join(BENCH_DIR, 'callback_plugins')
+CALLBACK_NAME = 'fleetbench_timer'  # callback_plugins/fleetbench_timer.py
+NEWER = '/usr/bin/qemu-system-x86_64'  # the newer build: Debian's QEMU
+
+
+def installed_collections():
+    """The entry of ANSIBLE_COLLECTIONS_PATH that holds liveupdate.qemu, or None."""
+    for path in os.environ.get('ANSIBLE_COLLECTIONS_PATH', '').split(':'):
+        if path and os.path.isfile(os.path.join(path, 'ansible_collections', 'liveupdate', 'qemu', 'MANIFEST.json')):
+            return path
+    return None
+
+
+COLLECTIONS = installed_collections()
+if COLLECTIONS and COLLECTIONS not in sys.path:
+    sys.path.insert(0, COLLECTIONS)
+
+try:
+    from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import process_alive, qemu_processes
+    from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_binary import binary_version
+    from ansible_collections.liveupdate.qemu.plugins.module_utils._wait import WaitTimeout, wait_for
+except ImportError as exc:
+    raise SystemExit('benchmarks: cannot import liveupdate.qemu (%s): source .build/env.sh first' % exc)
+
+
+class BenchError(Exception):
+    pass
+
+
+# --- logging, signals, output ---
+
+_LOG = dict(prefix='bench')
+
+
+def setup(prefix, signals=(signal.SIGTERM,)):
+    """Name the log lines ``[PREFIX HH:MM:SS]``; ``signals`` end the run as Ctrl-C does (KeyboardInterrupt),
+    so that its clean-up runs."""
+    _LOG['prefix'] = prefix
+    for sig in signals:
+        signal.signal(sig, _terminate)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt('signal %d' % signum)
+
+
+def log(msg):
+    sys.stderr.write('[%s %s] %s\n' % (_LOG['prefix'], time.strftime('%H:%M:%S'), msg))
+    sys.stderr.flush()
+
+
+def write_json(path, data, indent=1):
+    with open(path, 'w') as handle:
+        json.dump(data, handle, indent=indent, default=str)
+
+
+# --- statistics ---
+
+def percentile(values, q):
+    """Nearest-rank percentile (docs/performance.md): with fewer than 1/(1-q) values, the maximum."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def stats(values, q=0.99):
+    """n, median, the nearest-rank ``q`` percentile (key p99 for 0.99), min and max; None values are
+    left out, and with none left the answer is None."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {'n': len(values), 'median': statistics.median(values), 'p%d' % round(q * 100): percentile(values, q),
+            'min': min(values), 'max': max(values)}
+
+
+# --- the machine ---
+
+def loadavg():
+    with open('/proc/loadavg') as handle:
+        return [float(x) for x in handle.read().split()[:3]]
+
+
+def qemu_version(binary):
+    """'7.2.22 (Debian 1:7.2+dfsg-7+deb12u18)': the version and package of ``binary --version``."""
+    info = binary_version(binary)
+    if info is None:
+        raise BenchError('%s --version names no QEMU version' % binary)
+    return '%s (%s)' % (info['version'], info['package']) if info['package'] else info['version']
+
+
+def child_of(pid):
+    """The first child of ``pid``, or None."""
+    try:
+        with open('/proc/%d/task/%d/children' % (pid, pid)) as handle:
+            children = handle.read().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
+def end_processes(pids, timeout=10):
+    """SIGTERM, then SIGKILL, the processes of ``pids`` that still run; each signal is given ``timeout``
+    seconds for all of them to be gone. Returns the pids that were signalled."""
+    signalled = set()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = [pid for pid in pids if process_alive(pid)]
+        if not alive:
+            break
+        for pid in alive:
+            try:
+                os.kill(pid, sig)
+                signalled.add(pid)
+            except ProcessLookupError:
+                pass
+        try:
+            wait_for(lambda: not any(process_alive(pid) for pid in alive), timeout,
+                     'pids %s to exit on signal %d' % (alive, sig), interval=0.005)
+            break
+        except WaitTimeout:
+            continue
+    return sorted(signalled)
+
+
+def remove_leftovers(runtime_dir, files=()):
+    """End every QEMU whose command line names something under ``runtime_dir`` or one of ``files``
+    (the benchmark's VMs and the processes it started), then remove ``files``.
+    Returns (pids ended, files removed)."""
+    ours = [p.pid for p in qemu_processes()
+            if any(runtime_dir + '/' in a for a in p.argv) or any(p.uses_file(f) for f in files)]
+    if ours:
+        log('cleanup: ending QEMU pid(s) %s' % ', '.join(str(p) for p in ours))
+    ended = end_processes(ours)
+    removed = [f for f in files if os.path.lexists(f)]
+    for path in removed:
+        os.unlink(path)
+    return ended, removed
+
+
+# --- Ansible ---
+
+def snapshot_collection(dest):
+    """A copy of the installed collection (ANSIBLE_COLLECTIONS_PATH) under ``dest`` for one run alone:
+    scripts/setup.sh reinstalls .build/collections whenever a source changes, and a run must not see it
+    half-installed. Returns the collections path to use."""
+    if COLLECTIONS is None:
+        raise BenchError('liveupdate.qemu is not installed in ANSIBLE_COLLECTIONS_PATH: source .build/env.sh first')
+    source = os.path.join(COLLECTIONS, 'ansible_collections', 'liveupdate', 'qemu')
+    target = os.path.join(dest, 'ansible_collections', 'liveupdate', 'qemu')
+    if os.path.isdir(target):
+        return dest
+
+    def copied():
+        try:
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns('__pycache__'))
+            if os.path.isfile(os.path.join(target, 'MANIFEST.json')):
+                return dest
+        except (OSError, shutil.Error):
+            pass
+        shutil.rmtree(target, ignore_errors=True)  # being reinstalled right now: again in a moment
+        return None
+
+    try:
+        return wait_for(copied, 20, 'a complete copy of %s' % source, interval=2)
+    except WaitTimeout:
+        raise BenchError('could not copy the installed collection from %s' % source)
+
+
+class Ansible:
+    """Ansible runs against one installed copy of the collection (``collections``).
+
+    ``module``: ``ansible localhost -m liveupdate.qemu.MODULE`` with ``module_args`` added to the
+    arguments; the module's result, with the command's wall time in ``_wall_s``.
+    ``playbook``: ``ansible-playbook`` with the benchmark callback (callback_plugins/), its output
+    in a log file under ``workdir``; wall time, exit code, output and the callback's records."""
+
+    def __init__(self, collections, workdir=None, module_args=None):
+        self.workdir = workdir
+        self.module_args = dict(module_args or {})
+        self.runs = itertools.count(1)  # playbook() is called from several threads at once
+        self.env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections, PYTHONPATH=collections,
+                        ANSIBLE_CALLBACK_PLUGINS=CALLBACK_DIR, ANSIBLE_CALLBACKS_ENABLED=CALLBACK_NAME,
+                        ANSIBLE_NOCOLOR='1', ANSIBLE_FORCE_COLOR='0', ANSIBLE_LOCALHOST_WARNING='0',
+                        ANSIBLE_INVENTORY_UNPARSED_WARNING='0', ANSIBLE_DEPRECATION_WARNINGS='0',
+                        ANSIBLE_HOST_KEY_CHECKING='False', ANSIBLE_RETRY_FILES_ENABLED='False')
+
+    def module(self, module, args, timeout=900):
+        args = dict(args, **self.module_args)
+        cmd = ['ansible', 'localhost', '-e', 'ansible_python_interpreter=%s' % sys.executable,
+               '-m', 'liveupdate.qemu.%s' % module, '-a', json.dumps(args)]
+        start = time.monotonic()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env, timeout=timeout, check=False)
+        wall = time.monotonic() - start
+        out = proc.stdout
+        marker = out.find('=>')
+        if marker < 0:
+            raise BenchError('ansible -m %s printed no result (rc %d):\n%s\n%s' % (module, proc.returncode, out, proc.stderr))
+        result = json.JSONDecoder().raw_decode(out[marker + 2:].lstrip())[0]
+        result['_wall_s'] = wall
+        return result
+
+    def playbook(self, label, playbook, inventory, extra, extra_env=None, timeout=1800, check=True):
+        """Run ``playbook`` (a path, or the name of one in benchmarks/playbooks) with ``extra`` as extra vars."""
+        if os.sep not in playbook:
+            playbook = os.path.join(PLAYBOOK_DIR, playbook)
+        tag = '%03d-%s' % (next(self.runs), label)
+        vars_file = os.path.join(self.workdir, tag + '.vars.json')
+        with open(vars_file, 'w') as handle:
+            json.dump(extra, handle)
+        timer = os.path.join(self.workdir, tag + '.timer.json')
+        logfile = os.path.join(self.workdir, tag + '.log')
+        env = dict(self.env, FLEETBENCH_TIMER_OUT=timer, **(extra_env or {}))
+        argv = ['ansible-playbook', '-i', inventory, '-e', '@' + vars_file, playbook]
+        launched = time.time()
+        start = time.monotonic()
+        with open(logfile, 'w') as out:
+            proc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=timeout, check=False)
+        wall = time.monotonic() - start
+        with open(logfile) as handle:
+            output = handle.read()
+        if check and proc.returncode != 0:
+            raise BenchError('%s failed (exit %d), log %s:\n%s' % (' '.join(argv), proc.returncode, logfile, output[-4000:]))
+        records = None
+        if os.path.exists(timer):
+            with open(timer) as handle:
+                records = json.load(handle)
+            records['launched'] = launched
+        return dict(wall=wall, rc=proc.returncode, output=output, records=records, log=logfile)
