@@ -26,14 +26,8 @@ options:
 extends_documentation_fragment:
   - liveupdate.qemu.common
   - liveupdate.qemu.common.qmp_target
+  - liveupdate.qemu.attributes
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    platforms: posix
 author:
   - liveupdate.qemu maintainers (!UNKNOWN)
 '''
@@ -65,21 +59,11 @@ known:
   elements: str
 '''
 
-from ansible_collections.liveupdate.qemu.plugins.module_utils._migration_settings import apply_parameters
-from ansible_collections.liveupdate.qemu.plugins.module_utils._module import (
-    LiveUpdateModule, QMP_TARGET_ARGS, QMP_TARGET_RULES,
-)
+from ansible_collections.liveupdate.qemu.plugins.module_utils._migration_settings import run_module
 
 
 def main():
-    module = LiveUpdateModule(argument_spec=dict(QMP_TARGET_ARGS, parameters=dict(type='dict', required=True)),
-                              supports_check_mode=True, **QMP_TARGET_RULES)
-
-    def work():
-        with module.qmp_session() as qmp:
-            return apply_parameters(qmp, module.params['parameters'], module.check_mode)
-
-    module.run(work)
+    run_module('parameters')
 
 
 if __name__ == '__main__':

@@ -29,15 +29,12 @@ options:
 extends_documentation_fragment:
   - liveupdate.qemu.common
   - liveupdate.qemu.common.qmp_target
+  - liveupdate.qemu.attributes.no_diff
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: partial
     details: Read-only commands run; other commands are not sent and report a change.
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
 author:
   - liveupdate.qemu maintainers (!UNKNOWN)
 '''

@@ -152,14 +152,8 @@ options:
     default: 10
 extends_documentation_fragment:
   - liveupdate.qemu.common
+  - liveupdate.qemu.attributes
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    platforms: posix
 seealso:
   - module: liveupdate.qemu.vm_info
 author:
