@@ -25,14 +25,6 @@ FLAG_OPTIONS = frozenset((
     'perfmap', 'jitdump',
 ))
 
-# The implied first key of the options whose values start with a bare word.
-IMPLIED_KEYS = {
-    'object': 'qom-type', 'chardev': 'backend', 'netdev': 'type', 'nic': 'type', 'machine': 'type',
-    'M': 'type', 'name': 'guest', 'device': 'driver', 'accel': 'accel', 'vnc': 'vnc',
-    'qmp': 'chardev', 'qmp-pretty': 'chardev', 'display': 'type', 'serial': 'chardev',
-    'incoming': 'uri', 'm': 'size', 'smp': 'cpus', 'cpu': 'model', 'numa': 'type',
-}
-
 
 class QemuOpts:
     """An ordered ``key=value`` list; ``None`` is the key of a bare leading value."""
@@ -201,10 +193,6 @@ class QemuCommandLine:
         for opts in self.opts('name'):
             return opts.get('guest', implied='guest')
         return None
-
-    def pidfile(self):
-        values = self.values('pidfile')
-        return values[-1] if values else None
 
     def chardev_sockets(self):
         """{chardev id: unix socket path} for server-side unix socket chardevs."""

@@ -70,6 +70,7 @@ class DestinationPlan:
         self.options = []
         self.renames = []          # (temporary path, canonical path)
         self.taps = []             # TapHandover
+        self.chardev_sockets = []  # temporary paths of the server-mode socket chardevs (see _drain)
         self.downscripts = []      # (netdev id, script) the source runs on its taps when it quits
         self.qmp_socket = None     # the destination's temporary QMP socket
         self.pidfile = None        # the destination's temporary pidfile
@@ -91,6 +92,7 @@ class DestinationPlan:
 
     def as_dict(self, binary):
         return dict(argv=self.argv(binary), renames=[list(r) for r in self.renames],
+                    chardev_sockets=list(self.chardev_sockets),
                     taps=[t.as_dict() for t in self.taps], downscripts=[list(d) for d in self.downscripts],
                     qmp_socket=self.qmp_socket)
 
@@ -162,6 +164,7 @@ def plan_destination(source_argv, control_socket, machine_type, token):
     if not machine_seen:
         plan.options.insert(0, ('machine', machine_type))
     plan.qmp_socket = temp_path(control_socket, token)
+    plan.chardev_sockets = [path for path in plan.chardev_sockets if path != plan.qmp_socket]
     if not any(t == plan.qmp_socket for t, dummy in plan.renames):
         raise Refused('cannot live-update: QMP socket %s is not on the command line' % control_socket)
     plan.pidfile = temp_path(plan.canonical_pidfile or control_socket + '.pid', token)
@@ -180,6 +183,8 @@ def _legacy_chardev(plan, option, value):
         if option in ('qmp', 'qmp-pretty') or is_on(opts.get('server', 'off')):
             opts.items[0] = (None, plan.rename(opts.head()))
             opts.set('wait', 'off')
+            if option not in ('qmp', 'qmp-pretty'):
+                plan.chardev_sockets.append(opts.head())
         return 'unix:' + opts.format()
     if value.startswith('file:') and option in ('serial', 'parallel'):
         # file:PATH truncates PATH when the destination opens it, under the running source's
@@ -203,6 +208,7 @@ def _chardev(plan, value):
                                       'use a unix socket (path=...)')
         opts.set('path', plan.rename(opts.get('path')))
         opts.set('wait', 'off')
+        plan.chardev_sockets.append(opts.get('path'))
     # Both processes write the same files: never truncate them.
     if backend == 'file':
         opts.set('append', 'on')

@@ -12,13 +12,16 @@ import ctypes
 import os
 import signal
 import subprocess
-import time
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import QemuCommandLine, QemuOpts
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import LiveUpdateError
+from ansible_collections.liveupdate.qemu.plugins.module_utils._wait import WaitTimeout, wait_for
 
 DELETED_SUFFIX = ' (deleted)'
 LAUNCH_TIMEOUT = 120
+# A process sent SIGKILL is gone once the kernel has torn it down; only a task stuck in the
+# kernel (state D, e.g. on a hung filesystem) takes longer than this.
+SIGKILL_TIMEOUT = 30
 SYS_PIDFD_GETFD = 438  # x86_64 and aarch64 share the generic number
 
 
@@ -93,6 +96,11 @@ def qemu_processes():
     return sorted(found, key=lambda p: p.pid)
 
 
+def users_of(memory_file, exclude_pid=None):
+    """QEMU processes whose command line names ``memory_file``."""
+    return [p for p in qemu_processes() if p.pid != exclude_pid and p.uses_file(memory_file)]
+
+
 def process_alive(pid):
     """True while ``pid`` exists and is not a zombie."""
     try:
@@ -103,14 +111,32 @@ def process_alive(pid):
     return state not in ('Z', 'X')
 
 
-def wait_gone(pid, timeout, interval=0.02):
+def wait_gone(pid, timeout):
     """Wait until ``pid`` has exited; return True if it did within ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while process_alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-    return True
+    try:
+        return wait_for(lambda: not process_alive(pid), timeout, 'pid %d to exit' % pid)
+    except WaitTimeout:
+        return False
+
+
+def mapped_file_state(pid, path):
+    """Whether the file now at ``path`` is one that process ``pid`` maps: 'mapped', 'replaced'
+    (another file sits at ``path``), 'deleted' (nothing there), or None (``pid`` unreadable)."""
+    try:
+        with open('/proc/%s/maps' % pid) as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return 'deleted'
+    wanted = ('%02x:%02x' % (os.major(st.st_dev), os.minor(st.st_dev)), str(st.st_ino))
+    for line in lines:
+        fields = line.split(None, 5)
+        if len(fields) == 6 and (fields[3], fields[4]) == wanted:
+            return 'mapped'
+    return 'replaced'
 
 
 def filesystem_of(path, pid='self'):
@@ -150,38 +176,53 @@ def launch_daemonized(argv, log_path, pass_fds=()):
     if rc != 0:
         with open(log_path, 'rb') as log:
             log.seek(start)
-            output = log.read().decode('utf-8', 'replace').strip()[-2000:] or '(no output)'
+            output = log.read().decode('utf-8', 'replace').strip()[-2000:] or _silent_failure(argv, log_path)
         what = 'did not start within %ds' % LAUNCH_TIMEOUT if rc is None else 'exited with code %d at start' % rc
         raise LaunchError('QEMU %s: %s' % (what, output), argv=argv, rc=rc, output=output)
 
 
+def _silent_failure(argv, log_path):
+    """Why a QEMU may have failed without a word: a full filesystem it writes to."""
+    cmdline = QemuCommandLine.parse(argv)
+    for path in [log_path] + cmdline.values('pidfile'):
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            stat = os.statvfs(directory)
+        except OSError:
+            continue
+        if stat.f_bavail == 0 or stat.f_favail == 0:
+            return '(no output: the filesystem of %s is full)' % directory
+    return '(no output)'
+
+
 def shutdown_ladder(pid, request_quit, step_timeout):
-    """QMP quit (``request_quit()``, which may raise), then SIGTERM, then SIGKILL,
-    each given ``step_timeout`` seconds. Returns the step that ended the process."""
+    """QMP quit (``request_quit()``, which may raise), then SIGTERM, each given
+    ``step_timeout`` seconds, then SIGKILL. Returns the step that ended the process."""
     try:
         request_quit()
         if wait_gone(pid, step_timeout):
             return 'quit'
     except LiveUpdateError:
         pass
-    for method, sig in (('SIGTERM', signal.SIGTERM), ('SIGKILL', signal.SIGKILL)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return method
-        if wait_gone(pid, step_timeout):
-            return method
-    raise LiveUpdateError('QEMU pid %d survived SIGKILL' % pid, pid=pid)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return 'SIGTERM'
+    if wait_gone(pid, step_timeout):
+        return 'SIGTERM'
+    kill_and_wait(pid)
+    return 'SIGKILL'
 
 
-def kill_and_wait(pid, timeout=10):
+def kill_and_wait(pid, timeout=SIGKILL_TIMEOUT):
     """SIGKILL ``pid`` and return once it is gone (or raise)."""
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         return
     if not wait_gone(pid, timeout):
-        raise LiveUpdateError('QEMU pid %d survived SIGKILL' % pid, pid=pid)
+        raise LiveUpdateError('QEMU pid %d did not exit within %ds of SIGKILL (stuck in the kernel?)'
+                              % (pid, timeout), pid=pid)
 
 
 def take_fd(pid, fd):

@@ -29,6 +29,7 @@ import time
 import traceback
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import LiveUpdateError
+from ansible_collections.liveupdate.qemu.plugins.module_utils._wait import Deadline
 
 try:
     from qemu.qmp import ConnectError, EventListener, ExecInterruptedError, ExecuteError, QMPClient, Runstate, StateError
@@ -120,12 +121,12 @@ class QMPSession:
 
     def connect(self):
         check_socket_path(self.path)
-        deadline = time.monotonic() + self.timeout
+        deadline = Deadline(self.timeout)
         dropped = None  # why the previous attempt failed, when it is retried
         while True:
             self._loop = asyncio.new_event_loop()
             try:
-                self._run(self._connect(), max(deadline - time.monotonic(), 0.01), 'the QMP greeting')
+                self._run(self._connect(), max(deadline.remaining(), 0.01), 'the QMP greeting')
                 return self
             except QMPTimeout:
                 self.close()
@@ -142,7 +143,7 @@ class QMPSession:
                 # connection before the greeting: try again while time is left.
                 if isinstance(cause, (EOFError, ConnectionResetError)) or getattr(cause, 'errno', None) == errno.EINVAL:
                     dropped = cause or 'end of file'
-                    if time.monotonic() + 0.05 < deadline:
+                    if deadline.remaining() > 0.05:
                         time.sleep(0.05)
                         continue
                 raise QMPConnectError('cannot connect to QMP socket %s: %s' % (self.path, cause), socket=self.path)
@@ -185,9 +186,9 @@ class QMPSession:
         ``match`` accepts; events before it are dropped."""
         names = {names} if isinstance(names, str) else None if names is None else set(names)
         wanted = 'QMP' if names is None else '/'.join(sorted(names))
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        deadline = Deadline(self.timeout if timeout is None else timeout)
         while True:
-            remaining = deadline - time.monotonic()
+            remaining = deadline.remaining()
             if remaining <= 0:
                 raise QMPTimeout('no %s event from %s in time' % (wanted, self.path), socket=self.path)
             try:

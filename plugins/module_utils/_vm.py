@@ -15,25 +15,36 @@ from __future__ import annotations
 
 import json
 import os
-import time
+import re
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput, LiveUpdateError
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import (
-    LaunchError, QemuProcess, kill_and_wait, launch_daemonized, qemu_processes, shutdown_ladder,
+    LaunchError, QemuProcess, kill_and_wait, launch_daemonized, shutdown_ladder, users_of,
 )
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPError, QMPSession
+from ansible_collections.liveupdate.qemu.plugins.module_utils._wait import WaitTimeout, wait_for
 
 DEFAULT_RUNTIME_DIR = '/run/liveupdate-qemu'
+NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63}')
 
 
 class VmStartError(LiveUpdateError):
     pass
 
 
+def validate_name(name):
+    """``name`` if it is a valid VM name (it names a directory), else InvalidInput."""
+    if not isinstance(name, str) or '..' in name or not NAME_RE.fullmatch(name):
+        raise InvalidInput("VM name %r is not valid: use 1-64 letters, digits, '.', '_' or '-', "
+                           "starting with a letter or digit (no '/', no '..')" % (name,))
+    return name
+
+
 class RuntimePaths:
     """Where the files of VM ``name`` live under ``runtime_dir``."""
 
     def __init__(self, runtime_dir, name):
+        validate_name(name)
         self.root = os.path.join(runtime_dir, name)
         self.qmp_socket = os.path.join(self.root, 'qmp.sock')
         self.pidfile = os.path.join(self.root, 'qemu.pid')
@@ -52,10 +63,26 @@ class RuntimePaths:
 
     def write_state(self, state):
         tmp = self.state_file + '.tmp'
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, 'w') as handle:
-            json.dump(state, handle, indent=1, sort_keys=True)
-        os.rename(tmp, self.state_file)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, 'w') as handle:
+                json.dump(state, handle, indent=1, sort_keys=True)
+            os.rename(tmp, self.state_file)
+        except OSError:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def record_argv(self, argv):
+        """Record that the VM now runs ``argv`` (after a live update)."""
+        state = self.read_state() or {}
+        if state.get('argv') == argv:
+            return False
+        state['argv'] = argv
+        state['binary'] = argv[0]
+        state.setdefault('spec', {})['binary'] = argv[0]
+        self.write_state(state)
+        return True
 
     def read_pid(self):
         try:
@@ -65,17 +92,12 @@ class RuntimePaths:
             return None
 
 
-def users_of(memory_file, exclude_pid=None):
-    """QEMU processes whose command line names ``memory_file``."""
-    return [p for p in qemu_processes() if p.pid != exclude_pid and p.uses_file(memory_file)]
-
-
 class Vm:
     """A VM under ``runtime_dir``: what is recorded about it and whether it runs."""
 
     def __init__(self, runtime_dir, name):
-        self.name = name
         self.paths = RuntimePaths(runtime_dir, name)
+        self.name = name
         self.state = self.paths.read_state()
 
     @property
@@ -154,15 +176,19 @@ class Vm:
         for path in (self.paths.qmp_socket, self.paths.serial_socket, self.paths.vnc_socket):
             if os.path.exists(path):
                 os.chmod(path, 0o600)
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def status():
             try:
                 return self.run_status(timeout)
             except QMPError as exc:
-                if time.monotonic() >= deadline:
-                    raise VmStartError('QEMU for VM %s started but its QMP socket did not answer: %s'
-                                       % (self.name, exc), argv=argv)
-                time.sleep(0.05)
+                errors.append(exc)
+                return None
+        errors = []
+        try:
+            return wait_for(status, timeout, 'the QMP socket of VM %s' % self.name, interval=0.05)
+        except WaitTimeout:
+            raise VmStartError('QEMU for VM %s started but its QMP socket did not answer: %s'
+                               % (self.name, errors[-1]), argv=argv)
 
     # --- stop ---
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput
-from ansible_collections.liveupdate.qemu.plugins.module_utils._live_update import UpdateLock
-from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import qemu_processes
-from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import Vm, users_of
-from ansible_collections.liveupdate.qemu.plugins.module_utils._vm_spec import VmSpec, resolve_binary, validate_name
+from ansible_collections.liveupdate.qemu.plugins.module_utils._lock import UpdateLock
+from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import qemu_processes, users_of
+from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_binary import resolve_binary
+from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import Vm
+from ansible_collections.liveupdate.qemu.plugins.module_utils._vm_spec import VmSpec
 
 
 class VmManager:
@@ -20,7 +21,7 @@ class VmManager:
     def __init__(self, params, check_mode):
         self.params = params
         self.check_mode = check_mode
-        self.vm = Vm(params['runtime_dir'], validate_name(params['name']))
+        self.vm = Vm(params['runtime_dir'], params['name'])
         self.warnings = []
 
     def _result(self, changed, before, after, proc=None, status=None, **extra):

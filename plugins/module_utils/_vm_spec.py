@@ -13,30 +13,22 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import QemuOpts
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput
+from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_binary import resolve_binary
+from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import validate_name
 
-NAME_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63}')
 SIZE_RE = re.compile(r'^\s*(\d+)\s*([KMGT])(?:i?B)?\s*$', re.IGNORECASE)
 UNITS = {'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30, 'T': 1 << 40}
 MIB = 1 << 20
 
-DEFAULT_BINARY = 'qemu-system-x86_64'
 MEMORY_BACKEND_ID = 'mem0'
 
 # Spec keys whose change on a running VM is a conflict. The binary is not one:
 # moving a VM to another binary is what live_update is for.
 CONFLICTING_KEYS = ('memory', 'memory_dir', 'vcpus', 'machine', 'accel', 'cpu', 'kernel', 'initrd',
                     'append', 'disks', 'nics', 'serial', 'vnc', 'extra_args')
-
-
-def validate_name(name):
-    if not name or '..' in name or not NAME_RE.fullmatch(name):
-        raise InvalidInput("VM name %r is not valid: use 1-64 letters, digits, '.', '_' or '-', "
-                           "starting with a letter or digit (no '/', no '..')" % (name,))
-    return name
 
 
 def parse_size(text, what='memory'):
@@ -52,14 +44,9 @@ def parse_size(text, what='memory'):
     return size
 
 
-def resolve_binary(binary):
-    """An absolute path to an executable QEMU binary, or InvalidInput."""
-    path = binary if os.sep in binary else shutil.which(binary)
-    if not path or not os.path.exists(path):
-        raise InvalidInput('QEMU binary %s does not exist' % binary)
-    if not os.path.isfile(path) or not os.access(path, os.X_OK):
-        raise InvalidInput('QEMU binary %s is not an executable file' % path)
-    return os.path.abspath(path)
+def memory_file_for(memory_dir, name):
+    """The guest RAM file of VM ``name`` in ``memory_dir``."""
+    return os.path.join(memory_dir, 'liveupdate-qemu-%s.ram' % name)
 
 
 def _abspath(path):
@@ -135,7 +122,7 @@ class VmSpec:
 
     @property
     def memory_file(self):
-        return os.path.join(self.memory_dir, 'liveupdate-qemu-%s.ram' % self.name)
+        return memory_file_for(self.memory_dir, self.name)
 
     def as_dict(self):
         return dict(name=self.name, memory=self.memory, memory_dir=self.memory_dir, binary=self.binary,

@@ -29,8 +29,13 @@ description:
     source is stopped too, the memory file is left in place, and the VM must be started again.
   - A VM that already runs the target's QEMU version and package from a binary that was neither deleted nor
     replaced is left alone, unless O(force).
-  - An update interrupted half-way (its module process killed) leaves a second QEMU on the VM's memory; the next
-    update of that VM first settles it (see RV(recovered)), so that exactly one process runs the guest.
+  - Before it changes anything, an update records what a successor needs (the VM's migration capabilities, the
+    destination's temporary names, how far it got) in a journal beside its lock. An update interrupted at any
+    point (its module process killed, a process frozen) is settled by the next update of the VM, so that exactly
+    one process runs the guest under the canonical socket and pidfile names, with the capabilities the operator
+    had (see RV(recovered), RV(capabilities_restored)).
+  - After the switch the guest is verified on the new process (run state, vCPUs running, O(health_command)); an
+    update is only reported successful when it passed (RV(verified)).
   - What the source holds that a second process cannot share (TCP listeners, VNC on a TCP display, stdio, ptys,
     C(-snapshot)) is refused in preflight, naming the option.
 options:
@@ -98,17 +103,26 @@ options:
     description: Seconds each step of the shutdown ladder (QMP quit, SIGTERM, SIGKILL) waits for the source to exit.
     type: float
     default: 10
+  verify_timeout:
+    description:
+      - After the switch, seconds within which the guest must show that it goes on on the new process (its vCPU
+        threads run) and O(health_command) must succeed. An update whose guest does not pass fails at step
+        C(verify), with RV(verified) saying what was checked; the guest stays on the new process.
+    type: float
+    default: 5
+  health_command:
+    description:
+      - A shell command run on the hypervisor after the switch; the update fails (step C(verify)) unless it exits 0
+        within O(verify_timeout). Its environment has C(LIVEUPDATE_VM), C(LIVEUPDATE_QMP_SOCKET) and
+        C(LIVEUPDATE_PID) (the new QEMU process).
+    type: str
 extends_documentation_fragment:
   - liveupdate.qemu.common
+  - liveupdate.qemu.attributes.no_diff
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    support: full
     details: Runs preflight and returns the plan; no destination is started (the target binary is only probed).
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
 seealso:
   - module: liveupdate.qemu.vm_info
 author:
@@ -168,9 +182,9 @@ migration:
   type: dict
 timings:
   description: >-
-    Seconds per step (C(locate), C(recover), C(preflight), C(spawn), C(migrate), C(switch), C(finish)), and
-    C(engine) from the destination's start until the source is gone and the names are moved. On failure, the
-    steps that ran.
+    Seconds per step (C(locate), C(connect), C(recover), C(preflight), C(spawn), C(migrate), C(switch),
+    C(finish), C(verify)), and C(engine) from the destination's start until the source is gone and the names are
+    moved. On failure, the steps that ran.
   returned: always
   type: dict
 stop_method:
@@ -182,11 +196,12 @@ stop_method:
   type: str
 step:
   description: >-
-    The step that failed (C(lock), C(recover), C(preflight), C(spawn), C(migrate), C(switch) or C(finish)).
+    The step that failed (C(locate), C(lock), C(connect), C(recover), C(preflight), C(spawn), C(migrate),
+    C(switch), C(finish) or C(verify)).
   returned: failure
   type: str
 dest_pid:
-  description: The destination process, when the update failed after the switch (the guest runs there, if at all).
+  description: The destination process, when the update failed after the switch (C(msg) says whether it lives).
   returned: failure after the switch
   type: int
 rolled_back:
@@ -207,6 +222,31 @@ recovered:
   returned: when such processes were found
   type: list
   elements: dict
+verified:
+  description:
+    - What was checked after the switch, each with C(ok) and what it saw - C(run_state) (C(status),
+      C(expected)), C(vcpus) (C(vcpu_ns), CPU time of the vCPU threads within O(verify_timeout)) when the guest
+      was running, C(health_command) (C(rc), C(output)) when given.
+  returned: changed and not check mode
+  type: dict
+  sample: {"run_state": {"ok": true, "status": "running", "expected": "running"}, "vcpus": {"ok": true, "vcpu_ns": 1843211}}
+console_bytes:
+  description:
+    - Bytes the engine read from each server-mode socket chardev of the new process (serial console, monitor,
+      guest agent channel...), by canonical path. It holds a client on each from its start until the guest has been
+      verified, so that a device the source left waiting on a blocked chardev (a console logger that stopped
+      reading) can retry on the new process; output in that window goes to the engine, as it would go nowhere
+      without a client.
+  returned: changed and not check mode
+  type: dict
+capabilities_restored:
+  description: Migration capabilities that an interrupted update had left changed, set back to the operator's values.
+  returned: when an interrupted update was settled
+  type: dict
+resumed:
+  description: Whether settling an interrupted update resumed a guest its destination had left paused.
+  returned: when an interrupted update was completed
+  type: bool
 results:
   description:
     - With O(vms), one entry per VM that was started, in order, each with the return values above
@@ -218,20 +258,9 @@ results:
 
 import signal
 
-from ansible_collections.liveupdate.qemu.plugins.module_utils._live_update import LiveUpdate, update_many
+from ansible_collections.liveupdate.qemu.plugins.module_utils._batch import run_batch
+from ansible_collections.liveupdate.qemu.plugins.module_utils._live_update import LiveUpdate
 from ansible_collections.liveupdate.qemu.plugins.module_utils._module import LiveUpdateModule
-
-
-def run_batch(module):
-    results = update_many(module.params, module.params['vms'], module.check_mode,
-                          module.params['concurrency'], module.params['stop_on_failure'])
-    failed = [r for r in results if r.get('failed')]
-    result = dict(changed=any(r.get('changed') for r in results), results=results)
-    if failed:
-        summary = '; '.join(r['msg'] for r in failed)
-        module.fail_json(msg='%d of %d live updates failed: %s' % (len(failed), len(module.params['vms']), summary),
-                         **result)
-    return result
 
 
 def main():
@@ -246,6 +275,8 @@ def main():
             migration_timeout=dict(type='float', default=60),
             lock_timeout=dict(type='float', default=0),
             shutdown_timeout=dict(type='float', default=10),
+            verify_timeout=dict(type='float', default=5),
+            health_command=dict(type='str'),
             vms=dict(type='list', elements='dict', options=dict(
                 name=dict(type='str'), socket=dict(type='path'), pid=dict(type='int'),
             ), mutually_exclusive=[('name', 'socket', 'pid')], required_one_of=[('name', 'socket', 'pid')]),
@@ -258,7 +289,7 @@ def main():
     # A controller that goes away mid-update must not leave a VM half-moved: finish it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if module.params['vms'] is not None:
-        module.run(lambda: run_batch(module))
+        module.run(lambda: run_batch(module.params, module.check_mode))
     else:
         module.run(lambda: LiveUpdate(module.params, module.check_mode).run())
 

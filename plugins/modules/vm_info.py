@@ -33,14 +33,8 @@ options:
     type: str
 extends_documentation_fragment:
   - liveupdate.qemu.common
+  - liveupdate.qemu.attributes.info_module
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: N/A
-  platform:
-    platforms: posix
 requirements:
   - jmespath (for O(query))
 seealso:
@@ -111,7 +105,9 @@ import traceback
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._discovery import discover
+from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput, shorten
 from ansible_collections.liveupdate.qemu.plugins.module_utils._module import LiveUpdateModule
+from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_binary import resolve_binary
 
 try:
     import jmespath
@@ -130,12 +126,19 @@ def main():
         module.fail_json(msg=missing_required_lib('jmespath'), exception=JMESPATH_IMPORT_ERROR)
     try:
         compiled = jmespath.compile(query) if query else None
-    except jmespath.exceptions.JMESPathError as exc:
-        module.fail_json(msg='query %r is not valid JMESPath: %s' % (query, exc))
+    except (jmespath.exceptions.JMESPathError, RecursionError) as exc:
+        module.fail_json(msg=shorten('query is not valid JMESPath: %s' % exc))
 
     def work():
-        vms = discover(module.params['runtime_dir'], module.params['target_binary'], module.params['timeout'])
-        return dict(changed=False, vms=compiled.search(vms) if compiled else vms)
+        target = module.params['target_binary']
+        vms = discover(module.params['runtime_dir'], resolve_binary(target) if target else None,
+                       module.params['timeout'])
+        if compiled is None:
+            return dict(changed=False, vms=vms)
+        try:
+            return dict(changed=False, vms=compiled.search(vms))
+        except (jmespath.exceptions.JMESPathError, RecursionError, TypeError, ValueError) as exc:
+            raise InvalidInput('query failed on the VM list: %s' % exc)
 
     module.run(work)
 

@@ -121,7 +121,7 @@ def test_parse_own_argv():
     cmd = QemuCommandLine.parse(OWN_ARGV)
     assert cmd.binary == '/usr/bin/qemu-system-x86_64'
     assert cmd.name() == 'web-1'
-    assert cmd.pidfile() == '/run/liveupdate-qemu/web-1/qemu.pid'
+    assert cmd.values('pidfile') == ['/run/liveupdate-qemu/web-1/qemu.pid']
     assert cmd.qmp_sockets() == ['/run/liveupdate-qemu/web-1/qmp.sock']
     assert cmd.values('accel') == ['kvm', 'tcg']
     assert cmd.has('daemonize') and cmd.values('daemonize') == [None]
@@ -141,7 +141,7 @@ def test_parse_libvirt_argv():
     assert cmd.memory_backends() == [{'qom-type': 'memory-backend-file', 'id': 'pc.ram',
                                       'mem-path': '/dev/hugepages/libvirt/qemu/1-db', 'share': 'on',
                                       'prealloc': 'on', 'size': '2147483648'}]
-    assert cmd.pidfile() is None
+    assert cmd.values('pidfile') == []
 
 
 @pytest.mark.parametrize('argv', [OWN_ARGV, LIBVIRT_ARGV], ids=['own', 'libvirt'])
@@ -219,15 +219,6 @@ def test_flag_options_of_qemu_7_2(flag):
 ])
 def test_name(args, name):
     assert QemuCommandLine.parse(['qemu-system-x86_64'] + args).name() == name
-
-
-@pytest.mark.parametrize('args, pidfile', [
-    (['-pidfile', '/run/a.pid'], '/run/a.pid'),
-    (['-pidfile', '/run/a.pid', '-pidfile', '/run/b.pid'], '/run/b.pid'),
-    (['-daemonize'], None),
-])
-def test_pidfile(args, pidfile):
-    assert QemuCommandLine.parse(['qemu-system-x86_64'] + args).pidfile() == pidfile
 
 
 def test_memory_backends_only_memory_objects():

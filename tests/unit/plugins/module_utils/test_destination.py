@@ -83,8 +83,27 @@ def test_vm_module_argv():
     assert (p.qmp_socket, p.pidfile, p.canonical_pidfile) == (
         tmp(WEB1_QMP), tmp('/run/lu/web1/qemu.pid'), '/run/lu/web1/qemu.pid')
     assert p.taps == []
+    assert p.chardev_sockets == [tmp('/run/lu/web1/serial.sock')]
     assert p.as_dict(TARGET) == dict(argv=WEB1_DEST, renames=[list(r) for r in WEB1_RENAMES], taps=[],
+                                     chardev_sockets=[tmp('/run/lu/web1/serial.sock')],
                                      downscripts=[], qmp_socket=tmp(WEB1_QMP))
+
+
+@pytest.mark.parametrize('args, drained', [
+    # a legacy server socket for the serial port and the HMP monitor; not the QMP monitor
+    (['-serial', 'unix:/run/s.sock,server=on,wait=off', '-monitor', 'unix:/run/m.sock,server,nowait'],
+     ['/run/s.sock', '/run/m.sock']),
+    # a QMP monitor on a chardev: the engine's own control socket is not drained, another one is
+    (['-chardev', 'socket,id=c0,path=%s,server=on,wait=off' % WEB1_QMP, '-mon', 'chardev=c0,mode=control',
+      '-chardev', 'socket,id=qga0,path=/run/qga.sock,server=on,wait=off'], ['/run/qga.sock']),
+    # client-mode sockets and files are not servers
+    (['-chardev', 'socket,id=c1,path=/run/c.sock', '-serial', 'file:/run/ser.log'], []),
+])
+def test_chardev_sockets(args, drained):
+    argv = [TARGET, '-qmp', 'unix:%s,server=on,wait=off' % WEB1_QMP] + args
+    if '-mon' in args:
+        argv = [TARGET] + args
+    assert plan_destination(argv, WEB1_QMP, PC, TOKEN).chardev_sockets == [tmp(p) for p in drained]
 
 
 def test_vm_module_argv_after_an_earlier_update():

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import (
-    QemuProcess, filesystem_of, is_qemu_argv0, process_alive, qemu_processes, wait_gone,
+    QemuProcess, filesystem_of, is_qemu_argv0, mapped_file_state, process_alive, qemu_processes, wait_gone,
 )
 
 
@@ -210,3 +210,49 @@ def test_binary_state_compares_running_exe():
 def test_uses_file_is_exact(other_argv):
     other = QemuProcess(12345, other_argv, '/usr/bin/qemu-system-x86_64')
     assert not other.uses_file(MEMORY_FILE)
+
+
+# --- mapped_file_state: is the memory file at its path the one QEMU maps? -------
+
+MAPPER = r'''
+import mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+m = mmap.mmap(fd, 4096, mmap.MAP_SHARED)
+print('ready', flush=True)
+sys.stdin.read()
+'''
+
+
+@pytest.fixture
+def mapper(tmp_path):
+    """A process that maps tmp_path/ram shared, as QEMU maps a memory file."""
+    path = tmp_path / 'ram'
+    path.write_bytes(b'\0' * 4096)
+    child = subprocess.Popen([sys.executable, '-c', MAPPER, str(path)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE)
+    assert child.stdout.readline() == b'ready\n'
+    yield child, str(path)
+    child.kill()
+    child.wait()
+
+
+def test_mapped_file_state(mapper, tmp_path):
+    child, path = mapper
+    assert mapped_file_state(child.pid, path) == 'mapped'
+    assert mapped_file_state(child.pid, str(tmp_path / 'other')) == 'deleted'
+    (tmp_path / 'other').write_bytes(b'x')
+    assert mapped_file_state(child.pid, str(tmp_path / 'other')) == 'replaced'
+    os.symlink(path, str(tmp_path / 'link'))
+    assert mapped_file_state(child.pid, str(tmp_path / 'link')) == 'mapped'
+    os.rename(path, path + '.moved')
+    (tmp_path / 'ram').write_bytes(b'\0' * 4096)
+    assert mapped_file_state(child.pid, path) == 'replaced'
+    os.unlink(path)
+    assert mapped_file_state(child.pid, path) == 'deleted'
+
+
+def test_mapped_file_state_unlinked(mapper):
+    child, path = mapper
+    os.unlink(path)
+    assert mapped_file_state(child.pid, path) == 'deleted'
+    assert mapped_file_state(2 ** 22 + 1, path) is None

@@ -13,9 +13,10 @@ import pytest
 from ansible_collections.liveupdate.qemu.plugins.module_utils import _vm_spec
 from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import QemuCommandLine
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput
-from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import RuntimePaths
+from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_binary import resolve_binary
+from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import RuntimePaths, validate_name
 from ansible_collections.liveupdate.qemu.plugins.module_utils._vm_spec import (
-    VmSpec, parse_size, resolve_binary, validate_name,
+    VmSpec, parse_size,
 )
 
 MIB = 1 << 20
@@ -150,7 +151,7 @@ def test_argv_core(paths):
     assert cmd.values('smp') == ['2']
     assert cmd.values('accel') == ['kvm', 'tcg']
     assert cmd.qmp_sockets() == [paths.qmp_socket]
-    assert cmd.pidfile() == paths.pidfile
+    assert cmd.values('pidfile') == [paths.pidfile]
     assert cmd.has('daemonize') and cmd.has('nodefaults') and cmd.has('no-user-config')
     assert not cmd.has('vnc') and not cmd.has('drive') and not cmd.has('netdev') and not cmd.has('cpu')
 
@@ -232,7 +233,7 @@ def test_argv_escapes_commas_in_paths(tmp_path):
     assert cmd.opts('chardev')[0].get('logfile') == '/run/lu,q/web-1/serial.log'
     assert cmd.opts('drive')[0].get('file') == '/img/a,b.qcow2'
     # -pidfile takes a plain path, not an option list
-    assert cmd.pidfile() == '/run/lu,q/web-1/qemu.pid'
+    assert cmd.values('pidfile') == ['/run/lu,q/web-1/qemu.pid']
 
 
 def test_argv_escapes_commas_in_vnc_socket():

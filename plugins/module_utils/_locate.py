@@ -1,0 +1,111 @@
+# -*- coding: utf-8 -*-
+# Copyright: liveupdate.qemu contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Finding a VM: by name (a VM of liveupdate.qemu.vm), by QMP socket or by pid;
+the QMP socket to reach a QEMU process at; its runtime paths when it is ours;
+and the check that the process behind a socket is the one that was found."""
+
+from __future__ import annotations
+
+import os
+
+from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import canonical_path
+from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput
+from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import QemuProcess, process_alive, qemu_processes
+from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import check_socket_path
+from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import RuntimePaths, Vm
+
+
+def managed_paths(proc, runtime_dir):
+    """The RuntimePaths of ``proc`` when liveupdate.qemu.vm launched it under ``runtime_dir``."""
+    name = proc.cmdline.name()
+    if not name or not runtime_dir:
+        return None
+    try:
+        paths = RuntimePaths(runtime_dir, name)
+    except InvalidInput:  # a -name that no VM of ours could have
+        return None
+    state = paths.read_state()
+    if state and state.get('memory_file') and proc.uses_file(state['memory_file']):
+        return paths
+    return None
+
+
+def qmp_socket_of(proc, paths):
+    """The QMP socket to reach ``proc`` at: its runtime directory's when managed (``paths``),
+    else the first on its command line, under its canonical name (see canonical_path)."""
+    if paths is not None:
+        return paths.qmp_socket
+    sockets = proc.cmdline.qmp_sockets()
+    return canonical_path(sockets[0]) if sockets else None
+
+
+def reachable_socket(canonical, proc):
+    """``canonical`` when it exists, else the temporary twin (PATH.lu-TOKEN) that ``proc``
+    listens on: the destination of an update interrupted before it renamed its sockets."""
+    if os.path.exists(canonical):
+        return canonical
+    candidates = [proc] if proc is not None else qemu_processes()
+    for candidate in candidates:
+        for path in candidate.cmdline.qmp_sockets():
+            if path != canonical and canonical_path(path) == canonical and os.path.exists(path):
+                return path
+    return canonical
+
+
+def locate(params):
+    """(QMP socket to connect to, QemuProcess or None) of the VM named by ``name``,
+    ``socket`` or ``pid``. The socket exists (nothing is locked for a bogus path)."""
+    if params.get('name'):
+        vm = Vm(params['runtime_dir'], params['name'])
+        proc = vm.process()
+        if proc is None:
+            raise InvalidInput('VM %s is not running (no live QEMU for %s)' % (params['name'], vm.paths.root))
+        qmp_socket = reachable_socket(vm.paths.qmp_socket, proc)
+    elif params.get('socket'):
+        proc = None
+        qmp_socket = reachable_socket(params['socket'], None)
+    else:
+        proc = QemuProcess.from_pid(params['pid'])
+        if proc is None:
+            raise InvalidInput('pid %d is not a running QEMU' % params['pid'])
+        qmp_socket = qmp_socket_of(proc, managed_paths(proc, params['runtime_dir']))
+        if not qmp_socket:
+            raise InvalidInput('QEMU pid %d has no unix QMP socket' % proc.pid)
+        qmp_socket = reachable_socket(qmp_socket, proc)
+    check_socket_path(qmp_socket)
+    return qmp_socket, proc
+
+
+def relocate(params, qmp_socket, proc):
+    """The VM as it runs now, after waiting for its lock: an update that held the lock
+    may have moved it to another process."""
+    if params.get('name'):
+        return locate(params)
+    if proc is not None and not process_alive(proc.pid):
+        return reachable_socket(canonical_path(qmp_socket), None), None
+    return qmp_socket, proc
+
+
+class Source:
+    """A running VM found and connected: its process, canonical QMP socket and, when
+    liveupdate.qemu.vm launched it, its runtime paths."""
+
+    def __init__(self, proc, qmp_socket, paths):
+        self.proc = proc
+        self.qmp_socket = qmp_socket
+        self.paths = paths
+        self.name = proc.cmdline.name()
+
+
+def connect_source(qmp, proc, runtime_dir):
+    """The Source behind the connected session ``qmp``; the process listening on
+    the socket must be the one that was located (``proc``, when known)."""
+    if proc is None:
+        proc = QemuProcess.from_pid(qmp.peer_pid)
+        if proc is None:
+            raise InvalidInput('the process listening on %s is not QEMU' % qmp.path)
+    elif qmp.peer_pid != proc.pid:
+        raise InvalidInput('QMP socket %s belongs to pid %d, not to QEMU pid %d' % (qmp.path, qmp.peer_pid, proc.pid))
+    return Source(proc, qmp.path, managed_paths(proc, runtime_dir))
