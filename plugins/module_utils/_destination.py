@@ -17,7 +17,8 @@ before anything starts (see docs/live-update.md):
 - the machine type: pinned to what the source resolved (``pc`` -> ``pc-i440fx-7.2``);
 - TCP listeners, stdio, ptys, ``-snapshot``: refused.
 
-The destination always starts with ``-S -incoming defer``: it stays paused
+The destination always starts with ``-S -incoming defer`` and without ``-daemonize``
+(the engine starts it detached, keeping its output: see _proc.launch_detached). It stays paused
 after the migration until the engine sends ``cont``, which is what makes the
 point of no return an explicit step of the engine.
 """
@@ -37,6 +38,8 @@ REFUSED_FLAGS = {
 CHARDEV_OK = ('socket', 'unix', 'file', 'null', 'ringbuf', 'memory', 'pipe', 'msmouse', 'wctablet', 'braille',
               'testdev', 'spicevmc', 'spiceport', 'qemu-vdagent')
 NETDEV_OK = ('user', 'tap', 'hubport', 'vhost-user', 'vhost-vdpa')
+CONSOLE_DEVICES = ('isa-serial', 'pci-serial', 'pci-serial-2x', 'pci-serial-4x', 'usb-serial', 'virtconsole',
+                   'virtserialport')
 
 
 class Refused(InvalidInput):
@@ -70,7 +73,7 @@ class DestinationPlan:
         self.options = []
         self.renames = []          # (temporary path, canonical path)
         self.taps = []             # TapHandover
-        self.chardev_sockets = []  # temporary paths of the server-mode socket chardevs (see _drain)
+        self.console_sockets = []  # temporary paths of the server sockets of console devices (see _drain)
         self.downscripts = []      # (netdev id, script) the source runs on its taps when it quits
         self.qmp_socket = None     # the destination's temporary QMP socket
         self.pidfile = None        # the destination's temporary pidfile
@@ -92,7 +95,7 @@ class DestinationPlan:
 
     def as_dict(self, binary):
         return dict(argv=self.argv(binary), renames=[list(r) for r in self.renames],
-                    chardev_sockets=list(self.chardev_sockets),
+                    console_sockets=list(self.console_sockets),
                     taps=[t.as_dict() for t in self.taps], downscripts=[list(d) for d in self.downscripts],
                     qmp_socket=self.qmp_socket)
 
@@ -112,6 +115,26 @@ def tap_downscripts(argv):
         if script not in ('', 'no'):
             scripts.append((opts.get('id'), script or 'default'))
     return scripts
+
+
+def console_sockets(options):
+    """The unix server socket paths of the console devices among ``options`` (serial ports,
+    virtio console and serial ports): the chardevs whose device can be left waiting on a
+    blocked client (see _drain). Monitors, vhost-user and other backends are left alone."""
+    cmdline = QemuCommandLine(None, options)
+    servers = cmdline.chardev_sockets()
+    found = []
+    for name, value in options:
+        if name == 'serial' and value.startswith('chardev:'):
+            found.append(servers.get(value[len('chardev:'):]))
+        elif name == 'serial' and value.startswith('unix:'):
+            opts = QemuOpts.parse(value[len('unix:'):])
+            found.append(opts.head() if is_on(opts.get('server', 'off')) else None)
+        elif name == 'device':
+            opts = QemuOpts.parse(value)
+            if opts.get('driver', implied='driver') in CONSOLE_DEVICES:
+                found += [servers.get(v) for k, v in opts.items if k and k.startswith('chardev')]
+    return [path for index, path in enumerate(found) if path and path not in found[:index]]
 
 
 def plan_destination(source_argv, control_socket, machine_type, token):
@@ -164,13 +187,13 @@ def plan_destination(source_argv, control_socket, machine_type, token):
     if not machine_seen:
         plan.options.insert(0, ('machine', machine_type))
     plan.qmp_socket = temp_path(control_socket, token)
-    plan.chardev_sockets = [path for path in plan.chardev_sockets if path != plan.qmp_socket]
+    plan.console_sockets = console_sockets(plan.options)
     if not any(t == plan.qmp_socket for t, dummy in plan.renames):
         raise Refused('cannot live-update: QMP socket %s is not on the command line' % control_socket)
     plan.pidfile = temp_path(plan.canonical_pidfile or control_socket + '.pid', token)
     if plan.canonical_pidfile:
         plan.renames.append((plan.pidfile, plan.canonical_pidfile))
-    plan.options += [('pidfile', plan.pidfile), ('S', None), ('incoming', 'defer'), ('daemonize', None)]
+    plan.options += [('pidfile', plan.pidfile), ('S', None), ('incoming', 'defer')]
     return plan
 
 
@@ -183,8 +206,6 @@ def _legacy_chardev(plan, option, value):
         if option in ('qmp', 'qmp-pretty') or is_on(opts.get('server', 'off')):
             opts.items[0] = (None, plan.rename(opts.head()))
             opts.set('wait', 'off')
-            if option not in ('qmp', 'qmp-pretty'):
-                plan.chardev_sockets.append(opts.head())
         return 'unix:' + opts.format()
     if value.startswith('file:') and option in ('serial', 'parallel'):
         # file:PATH truncates PATH when the destination opens it, under the running source's
@@ -208,7 +229,6 @@ def _chardev(plan, value):
                                       'use a unix socket (path=...)')
         opts.set('path', plan.rename(opts.get('path')))
         opts.set('wait', 'off')
-        plan.chardev_sockets.append(opts.get('path'))
     # Both processes write the same files: never truncate them.
     if backend == 'file':
         opts.set('append', 'on')

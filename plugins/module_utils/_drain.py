@@ -18,9 +18,12 @@ import selectors
 import socket
 import threading
 
+from ansible_collections.liveupdate.qemu.plugins.module_utils._wait import wait_for
+
 
 class ChardevDrain:
-    """Connect to every path in ``paths`` and read (discarding, counting bytes) until ``stop``."""
+    """Connect to every path in ``paths`` and read (discarding, counting bytes) until ``stop``;
+    a path that takes no client counts None."""
 
     def __init__(self, paths):
         self.paths = list(paths)
@@ -36,6 +39,7 @@ class ChardevDrain:
                 sock.connect(path)
             except OSError:
                 sock.close()  # a chardev that takes no client now: nothing would wait on it
+                self.received[path] = None
                 continue
             sock.setblocking(False)
             self._selector.register(sock, selectors.EVENT_READ, path)
@@ -58,6 +62,19 @@ class ChardevDrain:
                 else:  # the peer closed (the destination died): stop watching it
                     self._selector.unregister(key.fileobj)
                     key.fileobj.close()
+
+    def wait_accepted(self, qmp, timeout):
+        """Until QEMU (session ``qmp``) has accepted every client: connect() returns while a
+        connection may still wait in the listen backlog, and a device migrated as waiting
+        re-arms only on a chardev that has its client when the state loads."""
+        paths = [path for path, count in self.received.items() if count is not None]
+
+        def accepted():
+            names = [c['filename'] for c in qmp.execute('query-chardev')]
+            return all(any(path in name and not name.startswith('disconnected:') for name in names)
+                       for path in paths)
+        if paths:
+            wait_for(accepted, timeout, 'QEMU to accept the console clients on %s' % ', '.join(paths), interval=0.005)
 
     def counts(self):
         """Bytes read so far per path."""

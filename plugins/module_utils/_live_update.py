@@ -33,7 +33,7 @@ from ansible_collections.liveupdate.qemu.plugins.module_utils._journal import Jo
 from ansible_collections.liveupdate.qemu.plugins.module_utils._locate import connect_source, locate, relocate
 from ansible_collections.liveupdate.qemu.plugins.module_utils._lock import UpdateLock
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import (
-    kill_and_wait, launch_daemonized, process_alive, take_fd, tap_fd_of, users_of,
+    kill_and_wait, launch_detached, process_alive, take_fd, tap_fd_of, users_of,
 )
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_binary import probe_binary, resolve_binary
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_state import (
@@ -156,20 +156,23 @@ def spawn(source, pre, target, log_path, timeout):
             fds.append(take_fd(source.proc.pid, fd))
         argv = pre.plan.argv(target, fds)
         log_start = os.path.getsize(log_path) if os.path.exists(log_path) else 0
-        launch_daemonized(argv, log_path, pass_fds=fds)
+        child = launch_detached(argv, log_path, lambda: os.path.exists(pre.plan.qmp_socket), pass_fds=fds,
+                                cwd=source.proc.cwd())
     finally:
         for fd in fds:
             os.close(fd)
-    with open(pre.plan.pidfile) as handle:
-        pid = int(handle.read().strip())
+    pid = child.pid
     spawned = Spawned(pid, argv, QMPSession(pre.plan.qmp_socket, timeout), log_path, log_start,
-                      ChardevDrain(pre.plan.chardev_sockets))
+                      ChardevDrain(pre.plan.console_sockets))
     try:
         spawned.qmp.connect()
     except LiveUpdateError as exc:
+        if child.poll() is not None:  # it listened, then failed to build the machine
+            raise UpdateFailed('QEMU exited with code %d at start: %s' % (child.returncode, spawned.output()
+                                                                          or '(no output)'), step='spawn')
         exc.details['dest_pid'] = pid  # for the rollback: the process runs, whatever its QMP does
         raise
-    spawned.drain.start()  # before the migration loads the devices (see _drain)
+    spawned.drain.start().wait_accepted(spawned.qmp, timeout)  # before the migration loads the devices
     fault_point('spawned', source.proc.pid, pid)
     return spawned
 

@@ -84,6 +84,14 @@ class QemuProcess:
     def alive(self):
         return process_alive(self.pid)
 
+    def cwd(self):
+        """Its working directory (what relative paths on its command line are relative to), or '/'."""
+        try:
+            path = os.readlink('/proc/%d/cwd' % self.pid)
+        except OSError:
+            return '/'
+        return path if os.path.isdir(path) else '/'
+
 
 def qemu_processes():
     """Every QEMU process on this host, by pid."""
@@ -174,11 +182,36 @@ def launch_daemonized(argv, log_path, pass_fds=()):
         except subprocess.TimeoutExpired:
             rc = None
     if rc != 0:
-        with open(log_path, 'rb') as log:
-            log.seek(start)
-            output = log.read().decode('utf-8', 'replace').strip()[-2000:] or _silent_failure(argv, log_path)
-        what = 'did not start within %ds' % LAUNCH_TIMEOUT if rc is None else 'exited with code %d at start' % rc
-        raise LaunchError('QEMU %s: %s' % (what, output), argv=argv, rc=rc, output=output)
+        raise _launch_failure(argv, log_path, start, rc, LAUNCH_TIMEOUT)
+
+
+def launch_detached(argv, log_path, ready, timeout=LAUNCH_TIMEOUT, pass_fds=(), cwd='/'):
+    """Start a QEMU command line without -daemonize in a session of its own, its output
+    appended to ``log_path`` for its whole life (a daemonized QEMU sends it to /dev/null
+    once started, and with it the reason a migration fails). Returns once ``ready()``;
+    a QEMU that exits first, or is not ready within ``timeout``, is a LaunchError."""
+    os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    with open(log_path, 'ab') as log:
+        start = log.tell()
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=cwd,
+                                 pass_fds=tuple(pass_fds), start_new_session=True)
+    try:
+        wait_for(lambda: child.poll() is not None or ready(), timeout, 'QEMU to start', interval=0.005)
+    except WaitTimeout:
+        child.kill()
+        child.wait()
+        raise _launch_failure(argv, log_path, start, None, timeout)
+    if child.returncode is not None:
+        raise _launch_failure(argv, log_path, start, child.returncode, timeout)
+    return child
+
+
+def _launch_failure(argv, log_path, start, rc, timeout):
+    with open(log_path, 'rb') as log:
+        log.seek(start)
+        output = log.read().decode('utf-8', 'replace').strip()[-2000:] or _silent_failure(argv, log_path)
+    what = 'did not start within %gs' % timeout if rc is None else 'exited with code %d at start' % rc
+    return LaunchError('QEMU %s: %s' % (what, output), argv=argv, rc=rc, output=output)
 
 
 def _silent_failure(argv, log_path):

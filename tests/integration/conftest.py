@@ -10,6 +10,8 @@ and real guests (TCG). scripts/setup.sh provides the environment:
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 import shutil
 import signal
@@ -21,6 +23,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from harness import Ansible, guest_log, qemu_pids_under  # noqa: E402
+from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import QemuProcess  # noqa: E402
+from operator_vm import SHM_PREFIX, OperatorVM  # noqa: E402
 
 
 def _required_env(name):
@@ -51,12 +55,21 @@ def runtime_dir():
     path = '/run/liveupdate-qemu-test-%d' % os.getpid()
     os.makedirs(path, mode=0o755)
     yield path
+    # Only this session's memory files: another test session may run beside this one.
+    memory_files = set()
     for pid in qemu_pids_under(path):
-        os.kill(pid, signal.SIGKILL)
+        proc = QemuProcess.from_pid(pid)
+        if proc is not None:
+            memory_files.update(b.get('mem-path') for b in proc.cmdline.memory_backends())
+            os.kill(pid, signal.SIGKILL)
+    for state in glob.glob(os.path.join(path, '*', 'vm.json')):
+        with open(state) as handle:
+            memory_files.add(json.load(handle).get('memory_file'))
     time.sleep(0.2)
-    for entry in os.listdir('/dev/shm'):
-        if entry.startswith('liveupdate-qemu-lut-'):
-            os.unlink(os.path.join('/dev/shm', entry))
+    for memory_file in memory_files:
+        if memory_file and os.path.basename(memory_file).startswith('liveupdate-qemu-lut-') \
+                and os.path.exists(memory_file):
+            os.unlink(memory_file)
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -101,3 +114,40 @@ def shared_vm(ansible, guest_spec):
     vm['args'] = args
     yield vm
     ansible.module('vm', dict(name='lut-shared', state='stopped'))
+
+
+@pytest.fixture(scope='session')
+def operator_root():
+    """Where hand-launched VMs (operator_vm) keep their sockets and pidfiles: a directory of
+    the operator's, not the collection's runtime directory. Anything left under it is killed
+    and removed at the end of the session."""
+    path = '/run/lu-op-%d' % os.getpid()
+    os.makedirs(path, mode=0o755)
+    yield path
+    for pid in qemu_pids_under(path):
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    for entry in os.listdir('/dev/shm'):
+        if entry.startswith('%s%d-' % (SHM_PREFIX, os.getpid())):
+            os.unlink(os.path.join('/dev/shm', entry))
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def operator_vm(operator_root, guest_dir, old_qemu):
+    """Factory of VMs launched by hand (tests/integration/operator_vm.py), by default on the
+    older QEMU build: ``operator_vm('name', machine='pc', serial='file', ...)`` starts one and
+    returns its OperatorVM. Each is killed at teardown, with its memory file and sockets, and
+    the teardown fails if a QEMU, the memory file or the directory is still there after that."""
+    vms = []
+
+    def launch(name, binary=None, **options):
+        vm = OperatorVM(operator_root, name, binary or old_qemu, guest_dir, **options)
+        vms.append(vm)
+        return vm.start()
+
+    yield launch
+    left = []
+    for vm in vms:
+        left += vm.destroy()
+    assert left == [], 'left behind by hand-launched VMs: %s' % left

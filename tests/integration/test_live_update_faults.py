@@ -80,8 +80,6 @@ import os, socket, sys, time
 args = sys.argv[1:]
 qmp = next(a for i, a in enumerate(args) if i and args[i - 1] == '-qmp')[len('unix:'):].split(',')[0]
 pidfile = args[args.index('-pidfile') + 1]
-if os.fork():
-    sys.exit(0)  # like -daemonize: the parent reports success
 sock = socket.socket(socket.AF_UNIX)
 sock.bind(qmp)
 sock.listen(1)

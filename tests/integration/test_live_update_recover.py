@@ -27,7 +27,8 @@ def interrupt(vm, stage):
     """Leave VM ``vm`` as an update interrupted after ``stage``; returns the destination's pid."""
     source = QemuProcess.from_pid(vm['pid'])
     plan = plan_destination(source.argv, vm['qmp_socket'], 'pc-i440fx-7.2', 'deadbeef')
-    subprocess.run(plan.argv(INSTALLED), check=True, timeout=60)
+    # as the engine would start it, but daemonized: this test process does not stay its parent
+    subprocess.run(plan.argv(INSTALLED) + ['-daemonize'], check=True, timeout=60)
     with open(plan.pidfile) as handle:
         dest_pid = int(handle.read())
     if stage == 'spawned':

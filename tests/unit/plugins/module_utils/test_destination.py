@@ -39,14 +39,14 @@ def plan(args, control='/run/vm/qmp.sock', machine=PC, binary='qemu-system-x86_6
 
 
 def tail(p):
-    return ['-pidfile', p.pidfile, '-S', '-incoming', 'defer', '-daemonize']
+    return ['-pidfile', p.pidfile, '-S', '-incoming', 'defer']
 
 
 def middle(p):
     """The destination's argv without its binary and the fixed tail."""
     argv = p.argv(TARGET)
-    assert argv[-6:] == tail(p)
-    return argv[1:-6]
+    assert argv[-5:] == tail(p)
+    return argv[1:-5]
 
 
 # --- a VM launched by liveupdate.qemu.vm ------------------------------------
@@ -70,7 +70,7 @@ WEB1_DEST = [
                 'logfile=/run/lu/web1/serial.log,logappend=on',
     '-serial', 'chardev:serial0', '-netdev', 'user,id=net0', '-device', 'virtio-net-pci,netdev=net0',
     '-vga', 'std', '-vnc', 'unix:/run/lu/web1/vnc.sock.lu-5eed5eed',
-    '-pidfile', '/run/lu/web1/qemu.pid.lu-5eed5eed', '-S', '-incoming', 'defer', '-daemonize',
+    '-pidfile', '/run/lu/web1/qemu.pid.lu-5eed5eed', '-S', '-incoming', 'defer',
 ]
 WEB1_RENAMES = renames('/run/lu/web1/qmp.sock', '/run/lu/web1/serial.sock', '/run/lu/web1/vnc.sock',
                        '/run/lu/web1/qemu.pid')
@@ -83,33 +83,37 @@ def test_vm_module_argv():
     assert (p.qmp_socket, p.pidfile, p.canonical_pidfile) == (
         tmp(WEB1_QMP), tmp('/run/lu/web1/qemu.pid'), '/run/lu/web1/qemu.pid')
     assert p.taps == []
-    assert p.chardev_sockets == [tmp('/run/lu/web1/serial.sock')]
+    assert p.console_sockets == [tmp('/run/lu/web1/serial.sock')]
     assert p.as_dict(TARGET) == dict(argv=WEB1_DEST, renames=[list(r) for r in WEB1_RENAMES], taps=[],
-                                     chardev_sockets=[tmp('/run/lu/web1/serial.sock')],
+                                     console_sockets=[tmp('/run/lu/web1/serial.sock')],
                                      downscripts=[], qmp_socket=tmp(WEB1_QMP))
 
 
 @pytest.mark.parametrize('args, drained', [
-    # a legacy server socket for the serial port and the HMP monitor; not the QMP monitor
-    (['-serial', 'unix:/run/s.sock,server=on,wait=off', '-monitor', 'unix:/run/m.sock,server,nowait'],
-     ['/run/s.sock', '/run/m.sock']),
-    # a QMP monitor on a chardev: the engine's own control socket is not drained, another one is
-    (['-chardev', 'socket,id=c0,path=%s,server=on,wait=off' % WEB1_QMP, '-mon', 'chardev=c0,mode=control',
-      '-chardev', 'socket,id=qga0,path=/run/qga.sock,server=on,wait=off'], ['/run/qga.sock']),
+    # serial ports on server sockets, legacy and -chardev; not the HMP monitor
+    (['-serial', 'unix:/run/s.sock,server=on,wait=off', '-monitor', 'unix:/run/m.sock,server,nowait',
+      '-chardev', 'socket,id=s1,path=/run/s1.sock,server=on,wait=off', '-device', 'isa-serial,chardev=s1'],
+     ['/run/s.sock', '/run/s1.sock']),
+    # virtio serial ports (the guest agent channel) and consoles; not a QMP or HMP monitor on a chardev,
+    # not a chardev with no console device (vhost-user, rng-egd...)
+    (['-chardev', 'socket,id=c0,path=/run/q.sock,server=on,wait=off', '-mon', 'chardev=c0,mode=control',
+      '-chardev', 'socket,id=h0,path=/run/h.sock,server=on,wait=off', '-mon', 'chardev=h0,mode=readline',
+      '-chardev', 'socket,id=qga0,path=/run/qga.sock,server=on,wait=off', '-device', 'virtio-serial',
+      '-device', 'virtserialport,chardev=qga0,name=org.qemu.guest_agent.0',
+      '-chardev', 'socket,id=con0,path=/run/con.sock,server=on,wait=off', '-device', 'virtconsole,chardev=con0',
+      '-chardev', 'socket,id=vu0,path=/run/vu.sock,server=on,wait=off'], ['/run/qga.sock', '/run/con.sock']),
     # client-mode sockets and files are not servers
-    (['-chardev', 'socket,id=c1,path=/run/c.sock', '-serial', 'file:/run/ser.log'], []),
+    (['-chardev', 'socket,id=c1,path=/run/c.sock', '-serial', 'chardev:c1', '-serial', 'file:/run/ser.log'], []),
 ])
-def test_chardev_sockets(args, drained):
+def test_console_sockets(args, drained):
     argv = [TARGET, '-qmp', 'unix:%s,server=on,wait=off' % WEB1_QMP] + args
-    if '-mon' in args:
-        argv = [TARGET] + args
-    assert plan_destination(argv, WEB1_QMP, PC, TOKEN).chardev_sockets == [tmp(p) for p in drained]
+    assert plan_destination(argv, WEB1_QMP, PC, TOKEN).console_sockets == [tmp(p) for p in drained]
 
 
 def test_vm_module_argv_after_an_earlier_update():
     """The destination of the last update is the source of this one: its argv holds
-    the temporary names of that update and ends in -pidfile TMP -S -incoming defer
-    -daemonize. The next plan is the same as the first, with this update's token."""
+    the temporary names of that update and ends in -pidfile TMP -S -incoming defer.
+    The next plan is the same as the first, with this update's token."""
     earlier = plan_destination(WEB1, WEB1_QMP, PC, OLD_TOKEN)
     running = earlier.argv('/usr/bin/qemu-system-x86_64')
     assert '/run/lu/web1/qmp.sock.lu-0123abcd' in ' '.join(running)
@@ -227,9 +231,10 @@ def test_rewrite(source, dest, expected_renames, machine, control):
 @pytest.mark.parametrize('source, dest, expected_renames, machine, control', REWRITES)
 def test_tail_and_machine(source, dest, expected_renames, machine, control):
     argv = plan(source, control=control or '/run/vm/qmp.sock', machine=machine).argv(TARGET)
-    for flag in ('-S', '-incoming', '-daemonize', '-pidfile'):
+    for flag in ('-S', '-incoming', '-pidfile'):
         assert argv.count(flag) == 1, flag
-    assert argv[-4:] == ['-S', '-incoming', 'defer', '-daemonize']
+    assert '-daemonize' not in argv  # started detached, keeping its output
+    assert argv[-3:] == ['-S', '-incoming', 'defer']
     options = QemuCommandLine.parse(argv).options
     assert not any(n == 'M' for n, dummy in options)
     # one -machine per source -machine/-M (or the one added), each pinned
@@ -253,7 +258,7 @@ def test_pidfile(pidfile_args, pidfile, canonical, pid_renames):
     assert (p.pidfile, p.canonical_pidfile) == (pidfile, canonical)
     assert p.renames == QR + pid_renames
     assert middle(p) == MT + QT
-    assert p.argv(TARGET)[-6:] == ['-pidfile', pidfile, '-S', '-incoming', 'defer', '-daemonize']
+    assert p.argv(TARGET)[-5:] == ['-pidfile', pidfile, '-S', '-incoming', 'defer']
 
 
 # --- taps -------------------------------------------------------------------

@@ -20,7 +20,7 @@ import pytest
 from ansible_collections.liveupdate.qemu.plugins.module_utils import _proc
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import LiveUpdateError
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import (
-    LaunchError, launch_daemonized, shutdown_ladder, take_fd, tap_fd_of,
+    LaunchError, launch_daemonized, launch_detached, shutdown_ladder, take_fd, tap_fd_of,
 )
 
 # --- launch_daemonized ------------------------------------------------------
@@ -121,6 +121,43 @@ def test_bug_launch_timeout_is_not_a_launch_error(tmp_path, fake_qemu, monkeypat
     monkeypatch.setattr(_proc, 'LAUNCH_TIMEOUT', 0.2)
     with pytest.raises(LaunchError, match='did not start within') as caught:
         launch_daemonized([fake_qemu('echo "waiting for a client" >&2\nexec sleep 10\n')], str(tmp_path / 'qemu.log'))
+    assert caught.value.details['rc'] is None
+
+
+# --- launch_detached: started without -daemonize, output kept for its whole life ----
+
+def test_launch_detached_keeps_output_after_ready(tmp_path, fake_qemu):
+    log_path, ready = tmp_path / 'qemu.log', tmp_path / 'ready'
+    argv = [fake_qemu('touch %s\nsleep 0.2\necho "load of migration failed: Invalid argument" >&2\n'
+                      'exec sleep 30\n' % ready)]
+    child = launch_detached(argv, str(log_path), ready.exists, timeout=10)
+    try:
+        assert child.poll() is None
+        assert os.getsid(child.pid) == child.pid  # a session of its own
+        deadline = time.monotonic() + 5
+        while 'Invalid argument' not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert log_path.read_text() == 'load of migration failed: Invalid argument\n'
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_launch_detached_exits_before_ready(tmp_path, fake_qemu):
+    log_path = tmp_path / 'qemu.log'
+    log_path.write_text('an older failure\n')
+    argv = [fake_qemu('echo "%s" >&2\nexit 3\n' % TAP_BUSY)]
+    with pytest.raises(LaunchError) as caught:
+        launch_detached(argv, str(log_path), lambda: False, timeout=10)
+    assert str(caught.value) == 'QEMU exited with code 3 at start: %s' % TAP_BUSY
+    assert caught.value.details['rc'] == 3
+
+
+def test_launch_detached_never_ready(tmp_path, fake_qemu):
+    start = time.monotonic()
+    with pytest.raises(LaunchError, match=r'QEMU did not start within 0.3s: \(no output\)') as caught:
+        launch_detached([fake_qemu('exec sleep 30\n')], str(tmp_path / 'qemu.log'), lambda: False, timeout=0.3)
+    assert time.monotonic() - start < 3
     assert caught.value.details['rc'] is None
 
 
