@@ -11,6 +11,8 @@ DOCUMENTATION = r'''
 module: live_update
 short_description: Move a running VM onto a new QEMU process started from another binary
 version_added: 0.1.0
+author:
+  - liveupdate.qemu maintainers (!UNKNOWN)
 description:
   - Migrates a running (or paused) VM locally onto a new QEMU process started from O(target_binary), with the
     migration capability C(x-ignore-shared) on both sides, so that guest RAM stays in its shared memory file and
@@ -125,8 +127,6 @@ attributes:
     details: Runs preflight and returns the plan; no destination is started (the target binary is only probed).
 seealso:
   - module: liveupdate.qemu.vm_info
-author:
-  - liveupdate.qemu maintainers (!UNKNOWN)
 '''
 
 EXAMPLES = r'''

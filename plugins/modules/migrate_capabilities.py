@@ -11,6 +11,8 @@ DOCUMENTATION = r'''
 module: migrate_capabilities
 short_description: Set QEMU migration capabilities
 version_added: 0.1.0
+author:
+  - liveupdate.qemu maintainers (!UNKNOWN)
 description:
   - Makes each named migration capability true or false on a running QEMU. Only the capabilities whose
     state differs are sent, in one C(migrate-set-capabilities) command.
@@ -23,13 +25,14 @@ options:
       - A name this QEMU does not know fails the task, listing the ones it knows.
     type: dict
     required: true
+notes:
+  - QEMU checks the combination and refuses it whole (for example C(postcopy-ram) with C(x-ignore-shared)), so a
+    refused change leaves every capability as it was.
 extends_documentation_fragment:
   - liveupdate.qemu.common
   - liveupdate.qemu.common.qmp_target
   - liveupdate.qemu.attributes
   - ansible.builtin.action_common_attributes
-author:
-  - liveupdate.qemu maintainers (!UNKNOWN)
 '''
 
 EXAMPLES = r'''

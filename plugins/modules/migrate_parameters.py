@@ -11,6 +11,8 @@ DOCUMENTATION = r'''
 module: migrate_parameters
 short_description: Set QEMU migration parameters
 version_added: 0.1.0
+author:
+  - liveupdate.qemu maintainers (!UNKNOWN)
 description:
   - Sets named migration parameters (C(max-bandwidth), C(downtime-limit), ...) on a running QEMU.
     Only the parameters whose value differs are sent, in one C(migrate-set-parameters) command.
@@ -23,13 +25,14 @@ options:
       - A name this QEMU does not report in C(query-migrate-parameters) fails the task, listing the ones it knows.
     type: dict
     required: true
+notes:
+  - Each value is converted to the type QEMU reports for the parameter (integer, string or boolean); a value that
+    does not convert fails the task before anything is sent.
 extends_documentation_fragment:
   - liveupdate.qemu.common
   - liveupdate.qemu.common.qmp_target
   - liveupdate.qemu.attributes
   - ansible.builtin.action_common_attributes
-author:
-  - liveupdate.qemu maintainers (!UNKNOWN)
 '''
 
 EXAMPLES = r'''

@@ -11,6 +11,8 @@ DOCUMENTATION = r'''
 module: qmp_command
 short_description: Run one QMP command on a running QEMU
 version_added: 0.1.0
+author:
+  - liveupdate.qemu maintainers (!UNKNOWN)
 description:
   - Sends one QEMU Machine Protocol command with its arguments and returns QEMU's answer.
   - Commands that only read (C(query-*), C(qom-get), C(qom-list)) report no change and also run in check mode.
@@ -35,8 +37,6 @@ attributes:
   check_mode:
     support: partial
     details: Read-only commands run; other commands are not sent and report a change.
-author:
-  - liveupdate.qemu maintainers (!UNKNOWN)
 '''
 
 EXAMPLES = r'''

@@ -11,6 +11,8 @@ DOCUMENTATION = r'''
 module: vm
 short_description: Start or stop a live-updatable QEMU VM
 version_added: 0.1.0
+author:
+  - liveupdate.qemu maintainers (!UNKNOWN)
 description:
   - Starts a QEMU VM whose guest RAM is a C(memory-backend-file) with C(share=on) in O(memory_dir), so that
     M(liveupdate.qemu.live_update) can later move it to another QEMU binary while its RAM stays in place.
@@ -156,8 +158,6 @@ extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 seealso:
   - module: liveupdate.qemu.vm_info
-author:
-  - liveupdate.qemu maintainers (!UNKNOWN)
 '''
 
 EXAMPLES = r'''

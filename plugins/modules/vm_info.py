@@ -11,6 +11,8 @@ DOCUMENTATION = r'''
 module: vm_info
 short_description: Find the QEMU VMs on a host and tell which can be live-updated
 version_added: 0.1.0
+author:
+  - liveupdate.qemu maintainers (!UNKNOWN)
 description:
   - Lists every QEMU process on the host, launched by M(liveupdate.qemu.vm) or not.
   - For each process with a unix QMP socket it asks QEMU for its version, run state, resolved machine type,
@@ -39,8 +41,6 @@ requirements:
   - jmespath (for O(query))
 seealso:
   - module: liveupdate.qemu.vm
-author:
-  - liveupdate.qemu maintainers (!UNKNOWN)
 '''
 
 EXAMPLES = r'''
