@@ -11,7 +11,9 @@ import os
 import shutil
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._eligibility import eligibility, outdated_reasons
-from ansible_collections.liveupdate.qemu.plugins.module_utils._locate import managed_paths, qmp_socket_of
+from ansible_collections.liveupdate.qemu.plugins.module_utils._journal import Journal
+from ansible_collections.liveupdate.qemu.plugins.module_utils._locate import managed_paths, qmp_socket_of, reachable_socket
+from ansible_collections.liveupdate.qemu.plugins.module_utils._lock import lock_path
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import qemu_processes
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_binary import binary_version
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_state import query_vm
@@ -30,8 +32,11 @@ def inspect(proc, runtime_dir, target_binary=None, timeout=5.0, version_cache=No
     paths = managed_paths(proc, runtime_dir)
     target_path = find_target(proc.exe, target_binary)
     binary_state = proc.binary_state()
+    qmp_socket = qmp_socket_of(proc, paths)
     vm = dict(pid=proc.pid, name=proc.cmdline.name(), argv=proc.argv, managed=paths is not None,
-              runtime_dir=paths.root if paths else None, qmp_socket=qmp_socket_of(proc, paths),
+              runtime_dir=paths.root if paths else None, qmp_socket=qmp_socket,
+              interrupted_update=bool(qmp_socket and runtime_dir
+                                      and Journal(lock_path(runtime_dir, qmp_socket, '.journal')).read()),
               binary=dict(path=proc.exe, deleted=binary_state == 'deleted', replaced=binary_state == 'replaced'),
               target=binary_version(target_path, version_cache) if target_path else None,
               running=None, kvm=None, machine=None, status=None, migration=None, capabilities={}, memory_backends=[],
@@ -40,7 +45,7 @@ def inspect(proc, runtime_dir, target_binary=None, timeout=5.0, version_cache=No
         vm['qmp_error'] = 'no unix QMP socket on its command line'
     else:
         try:
-            with QMPSession(vm['qmp_socket'], timeout) as qmp:
+            with QMPSession(reachable_socket(vm['qmp_socket'], proc), timeout) as qmp:
                 vm.update(query_vm(qmp, proc.pid))
         except QMPError as exc:
             vm['qmp_error'] = str(exc)

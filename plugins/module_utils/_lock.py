@@ -19,23 +19,30 @@ def _lock_failed(msg):
     return UpdateFailed(msg, step='lock', rolled_back=True)
 
 
+def lock_path(runtime_dir, qmp_socket, suffix='.lock'):
+    """The lock file (or, with another ``suffix``, a file beside it: the update's journal, the
+    destination's log) of the VM whose canonical QMP socket is ``qmp_socket``."""
+    key = os.path.normpath(canonical_path(os.path.abspath(qmp_socket)))
+    return os.path.join(runtime_dir, '.locks', key.strip('/').replace('/', '%') + suffix)
+
+
 class UpdateLock:
     """Held while a VM is updated or stopped; waits up to ``wait`` seconds for another holder."""
 
     def __init__(self, runtime_dir, qmp_socket, wait):
-        directory = os.path.join(runtime_dir, '.locks')
-        key = os.path.normpath(canonical_path(os.path.abspath(qmp_socket)))
-        self.path = os.path.join(directory, key.strip('/').replace('/', '%') + '.lock')
+        self.path = lock_path(runtime_dir, qmp_socket)
+        self.runtime_dir = runtime_dir
+        self.qmp_socket = qmp_socket
         self.wait = wait
         self.fd = None
         try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         except OSError as exc:
             raise self._unusable(exc)
 
     def sibling(self, suffix):
-        """A file of the same VM beside the lock: the lock's path with ``suffix`` for ``.lock``."""
-        return self.path[:-len('.lock')] + suffix
+        """A file of the same VM beside the lock (see lock_path)."""
+        return lock_path(self.runtime_dir, self.qmp_socket, suffix)
 
     def _unusable(self, exc):
         return _lock_failed('cannot use the update lock %s: %s' % (self.path, exc))

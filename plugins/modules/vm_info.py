@@ -90,7 +90,9 @@ vms:
     migration: {description: 'Migration state (C(query-migrate)), C(none) when never migrated.', type: str, returned: always}
     capabilities: {description: Migration capabilities and their state., type: dict, returned: always}
     memory_backends:
-      description: Memory backends with C(id), C(type), C(size), C(share), C(path) and C(filesystem).
+      description: >-
+        Memory backends with C(id), C(type), C(size), C(share), C(path), C(filesystem) and C(mapped) (whether the
+        file now at C(path) is the one QEMU maps - C(mapped), C(replaced) or C(deleted)).
       type: list
       elements: dict
       returned: always
@@ -98,6 +100,12 @@ vms:
     eligible: {description: Whether a device-state-only live update is possible now., type: bool, returned: always}
     ineligible_reasons: {description: Why not., type: list, elements: str, returned: always}
     qmp_error: {description: 'Why QMP could not be asked, if so.', type: str, returned: always}
+    interrupted_update:
+      description: >-
+        Whether an update of this VM was interrupted (its journal is there); the next
+        M(liveupdate.qemu.live_update) of the VM settles it.
+      type: bool
+      returned: always
 '''
 
 import traceback
