@@ -157,6 +157,29 @@ def test_concurrent_updates_of_one_vm(ansible, fault_vm, wrapper):
     assert_untouched(ansible, fault_vm)
 
 
+def test_update_waiting_for_the_lock_updates_what_runs_then(ansible, fault_vm, wrapper):
+    """The second update waits (lock_timeout) while the first moves the VM to another process;
+    it then locates the VM again instead of failing on the pid it found before."""
+    slow = wrapper('sleep 3; exec %s "$@"' % INSTALLED)
+    results = {}
+
+    def first():
+        results['first'] = update(ansible, fault_vm, target_binary=slow)
+    thread = threading.Thread(target=first)
+    thread.start()
+    time.sleep(2.5)
+    results['second'] = ansible.module('live_update', dict(pid=fault_vm['pid'], force=True, lock_timeout=120))
+    thread.join()
+    assert results['first']['changed'] is True and not results['first'].get('failed'), results['first']
+    second = results['second']
+    assert second['changed'] is True and not second.get('failed'), second
+    assert second['old']['pid'] == results['first']['new']['pid'], second
+    pids = qemu_pids_under(fault_vm['memory_file'])
+    assert pids == [second['new']['pid']]
+    fault_vm['pid'] = pids[0]
+    assert_untouched(ansible, fault_vm)
+
+
 def test_postcopy_is_refused(ansible, fault_vm):
     ansible.module('migrate_capabilities', {'name': 'lut-fault', 'capabilities': {'postcopy-ram': True}})
     try:

@@ -54,7 +54,7 @@ def test_managed_vm_is_eligible_and_current(ansible, shared_vm):
     assert vm['running'] == {k: vm['target'][k] for k in ('version', 'package')}
     assert vm['outdated'] is False and vm['outdated_reasons'] == []
     assert vm['memory_backends'] == [{'id': 'mem0', 'type': 'memory-backend-file', 'size': 256 << 20,
-                                      'share': True, 'path': shared_vm['memory_file'], 'filesystem': 'tmpfs'}]
+                                      'share': True, 'path': shared_vm['memory_file'], 'filesystem': 'tmpfs', 'mapped': 'mapped'}]
     assert vm['capabilities']['x-ignore-shared'] is False
     assert vm['eligible'] is True and vm['ineligible_reasons'] == []
 
