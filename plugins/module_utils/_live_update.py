@@ -165,7 +165,7 @@ def spawn(source, pre, target, log_path, timeout):
     spawned = Spawned(pid, argv, QMPSession(pre.plan.qmp_socket, timeout), log_path, log_start,
                       ChardevDrain(pre.plan.console_sockets))
     try:
-        spawned.qmp.connect()
+        spawned.qmp.connect(starting=True)
     except LiveUpdateError as exc:
         if child.poll() is not None:  # it listened, then failed to build the machine
             raise UpdateFailed('QEMU exited with code %d at start: %s' % (child.returncode, spawned.output()
@@ -195,6 +195,9 @@ def switch_over(src, source, spawned, pre, switch, timeout):
     if status != 'postmigrate':
         raise UpdateFailed('source is %s after the migration, not postmigrate' % status, step='switch')
     was_running = pre.vm['status'] == 'running'
+    if not process_alive(spawned.pid):  # it never ran the guest: the source may go on
+        raise UpdateFailed('the destination (pid %d) exited before the switch: %s'
+                           % (spawned.pid, spawned.output() or 'no message'), step='switch')
     switch.commit()
     fault_point('committed', source.proc.pid, spawned.pid)
     if was_running:

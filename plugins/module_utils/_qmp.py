@@ -119,7 +119,9 @@ class QMPSession:
             raise QMPTimeout('QMP peer %s did not answer %s within %.1fs' % (self.path, what, timeout),
                              socket=self.path, timeout=timeout)
 
-    def connect(self):
+    def connect(self, starting=False):
+        """Connect and negotiate. ``starting``: the peer is a QEMU just started, whose socket
+        may exist before it listens (connection refused is then retried while time is left)."""
         check_socket_path(self.path)
         deadline = Deadline(self.timeout)
         dropped = None  # why the previous attempt failed, when it is retried
@@ -128,6 +130,11 @@ class QMPSession:
             try:
                 self._run(self._connect(), max(deadline.remaining(), 0.01), 'the QMP greeting')
                 return self
+            except QMPConnectError as exc:
+                self.close()
+                if not (starting and exc.details.get('errno') == errno.ECONNREFUSED and deadline.remaining() > 0.01):
+                    raise
+                time.sleep(0.005)
             except QMPTimeout:
                 self.close()
                 if dropped is None:
@@ -161,7 +168,7 @@ class QMPSession:
         except OSError as exc:
             sock.close()
             raise QMPConnectError('cannot connect to QMP socket %s: %s' % (self.path, exc.strerror or exc),
-                                  socket=self.path)
+                                  socket=self.path, errno=exc.errno)
         self.peer_pid = struct.unpack('3i', creds)[0]
         self._client = QMPClient(os.path.basename(self.path))
         self._listener = EventListener()

@@ -11,6 +11,7 @@ connection; every test stays well under a second or two.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -182,6 +183,45 @@ def test_stale_socket_nobody_listens(sock_dir):
     sock.close()  # the socket file stays, nobody listens
     with pytest.raises(QMPConnectError, match='cannot connect to QMP socket'):
         QMPSession(path, TIMEOUT).connect()
+
+
+def test_starting_peer_bound_before_it_listens(sock_dir):
+    """A QEMU just started binds its socket before it listens: ``starting`` retries the
+    refused connection; without it, refused is final at once."""
+    path = str(sock_dir / 'starting.sock')
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    start = time.monotonic()
+    with pytest.raises(QMPConnectError, match='Connection refused') as info:
+        QMPSession(path, TIMEOUT).connect()
+    assert time.monotonic() - start < 0.5
+    assert info.value.details['errno'] == errno.ECONNREFUSED
+
+    def listen_later():
+        time.sleep(0.3)
+        sock.listen(1)
+        conn = sock.accept()[0]
+        FakePeer.send(conn, GREETING)
+        conn.recv(4096)
+        FakePeer.send(conn, {'return': {}, 'id': '__qmp#00000'})
+        time.sleep(0.5)
+        conn.close()
+    thread = threading.Thread(target=listen_later)
+    thread.start()
+    try:
+        session = QMPSession(path, 5).connect(starting=True)
+        session.close()
+    finally:
+        thread.join(5)
+        sock.close()
+    with pytest.raises(QMPConnectError, match='Connection refused'):
+        refused = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        other = str(sock_dir / 'never.sock')
+        refused.bind(other)
+        try:
+            QMPSession(other, 0.3).connect(starting=True)
+        finally:
+            refused.close()
 
 
 # --- peers that are not QMP servers -----------------------------------------
