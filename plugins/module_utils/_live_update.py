@@ -166,13 +166,15 @@ def spawn(source, pre, target, log_path, timeout):
                       ChardevDrain(pre.plan.console_sockets))
     try:
         spawned.qmp.connect(starting=True)
+        spawned.drain.start().wait_accepted(spawned.qmp, timeout)  # before the migration loads the devices
     except LiveUpdateError as exc:
+        spawned.drain.stop()
+        spawned.qmp.close()
         if child.poll() is not None:  # it listened, then failed to build the machine
             raise UpdateFailed('QEMU exited with code %d at start: %s' % (child.returncode, spawned.output()
                                                                           or '(no output)'), step='spawn')
         exc.details['dest_pid'] = pid  # for the rollback: the process runs, whatever its QMP does
         raise
-    spawned.drain.start().wait_accepted(spawned.qmp, timeout)  # before the migration loads the devices
     fault_point('spawned', source.proc.pid, pid)
     return spawned
 
