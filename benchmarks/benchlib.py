@@ -2,18 +2,23 @@
 # Copyright: liveupdate.qemu contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""What benchmarks/live_update.py and benchmarks/fleet.py share: the collection on sys.path, one
-Ansible runner (``ansible -m`` for one module, ``ansible-playbook`` with the benchmark callback for a
-playbook), QEMU process helpers over the collection's own, statistics, logging, JSON output and the
-clean-up of what a run leaves behind.
+"""What benchmarks/live_update.py, benchmarks/soak.py and benchmarks/fleet.py share: the collection on
+sys.path, the collection measured (``--git-rev``: built from a commit), the run's lock on its runtime
+directory, one Ansible runner (``ansible -m`` for one module, ``ansible-playbook`` with the benchmark
+callback for a playbook), QEMU process helpers over the collection's own, the machine and its load,
+statistics, logging, JSON output and the clean-up of what a run leaves behind.
 
 The collection is imported from the installed copy in ANSIBLE_COLLECTIONS_PATH
 (``source .build/env.sh``), the same copy the Ansible runs use: the source tree is not laid out as
 ``ansible_collections/liveupdate/qemu``. Import this module before any ``ansible_collections`` one.
+This module imports the collection's helpers only when a function needs them, so that soak.py can
+put the copy it measures (``--git-rev``) first on sys.path after importing it.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import itertools
 import json
 import math
@@ -45,12 +50,11 @@ COLLECTIONS = installed_collections()
 if COLLECTIONS and COLLECTIONS not in sys.path:
     sys.path.insert(0, COLLECTIONS)
 
-try:
-    from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import process_alive, qemu_processes
-    from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_binary import binary_version
-    from ansible_collections.liveupdate.qemu.plugins.module_utils._wait import WaitTimeout, wait_for
-except ImportError as exc:
-    raise SystemExit('benchmarks: cannot import liveupdate.qemu (%s): source .build/env.sh first' % exc)
+if not any(os.path.isfile(os.path.join(path or '.', 'ansible_collections', 'liveupdate', 'qemu', 'MANIFEST.json'))
+           for path in sys.path):
+    raise SystemExit('benchmarks: cannot import liveupdate.qemu (not installed on the Python path): '
+                     'source .build/env.sh first')
+# The functions below import the collection's _proc, _qemu_binary and _wait where they use them: see above.
 
 
 class BenchError(Exception):
@@ -109,8 +113,38 @@ def loadavg():
         return [float(x) for x in handle.read().split()[:3]]
 
 
+def load_snapshot(runtime_dir):
+    """The load average now, and how many QEMU processes run that are not this run's (none of their
+    arguments names something under ``runtime_dir``)."""
+    from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import qemu_processes
+    others = sum(1 for p in qemu_processes() if not any(runtime_dir + '/' in a for a in p.argv))
+    return dict(time=time.strftime('%Y-%m-%d %H:%M:%S'), t=round(time.time(), 1), loadavg=loadavg(), other_qemu=others)
+
+
+def meminfo():
+    """/proc/meminfo in bytes."""
+    values = {}
+    with open('/proc/meminfo') as handle:
+        for line in handle:
+            key, rest = line.split(':', 1)
+            values[key] = int(rest.split()[0]) * 1024
+    return values
+
+
+def machine_info(old, new):
+    """The machine and the two QEMU builds (``old`` and ``new`` binaries), for a report."""
+    with open('/proc/cpuinfo') as handle:
+        model = next((line.split(':', 1)[1].strip() for line in handle if line.startswith('model name')), '?')
+    shm = os.statvfs('/dev/shm')
+    return dict(cores=os.cpu_count(), cpu=model, mem_total_gib=round(meminfo()['MemTotal'] / 2 ** 30, 1),
+                shm_gib=round(shm.f_blocks * shm.f_frsize / 2 ** 30, 1), kernel=os.uname().release,
+                accel='tcg', old_qemu=dict(binary=old, version=qemu_version(old)),
+                new_qemu=dict(binary=new, version=qemu_version(new)))
+
+
 def qemu_version(binary):
     """'7.2.22 (Debian 1:7.2+dfsg-7+deb12u18)': the version and package of ``binary --version``."""
+    from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_binary import binary_version
     info = binary_version(binary)
     if info is None:
         raise BenchError('%s --version names no QEMU version' % binary)
@@ -130,6 +164,8 @@ def child_of(pid):
 def end_processes(pids, timeout=10):
     """SIGTERM, then SIGKILL, the processes of ``pids`` that still run; each signal is given ``timeout``
     seconds for all of them to be gone. Returns the pids that were signalled."""
+    from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import process_alive
+    from ansible_collections.liveupdate.qemu.plugins.module_utils._wait import WaitTimeout, wait_for
     signalled = set()
     for sig in (signal.SIGTERM, signal.SIGKILL):
         alive = [pid for pid in pids if process_alive(pid)]
@@ -154,6 +190,7 @@ def remove_leftovers(runtime_dir, files=()):
     """End every QEMU whose command line names something under ``runtime_dir`` or one of ``files``
     (the benchmark's VMs and the processes it started), then remove ``files``.
     Returns (pids ended, files removed)."""
+    from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import qemu_processes
     ours = [p.pid for p in qemu_processes()
             if any(runtime_dir + '/' in a for a in p.argv) or any(p.uses_file(f) for f in files)]
     if ours:
@@ -165,12 +202,98 @@ def remove_leftovers(runtime_dir, files=()):
     return ended, removed
 
 
+# --- the run's directory and the collection measured ---
+
+COLLECTION_DIR = '.collection'  # under the runtime directory: the collection built for --git-rev
+ENGINE_FILES = ('module_utils/_live_update.py', 'module_utils/_transfer.py', 'module_utils/_takeover.py',
+                'module_utils/_verify.py', 'module_utils/_proc.py', 'modules/live_update.py')
+
+
+def lock_runtime_dir(runtime_dir, lock_name):
+    """Create ``runtime_dir`` and take the exclusive lock ``lock_name`` (a file in it): one run at a time
+    uses the directory. Returns the lock's descriptor (release_runtime_dir), or None when another run
+    holds it."""
+    os.makedirs(runtime_dir, mode=0o755, exist_ok=True)
+    lock = os.open(os.path.join(runtime_dir, lock_name), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        return None
+    return lock
+
+
+def release_runtime_dir(runtime_dir, lock_name, lock):
+    """The end of a run that holds ``lock`` (lock_runtime_dir): remove the collection built for it and,
+    when only lock files are left, the directory; then let the lock go."""
+    shutil.rmtree(os.path.join(runtime_dir, COLLECTION_DIR), ignore_errors=True)
+    if not [e for e in os.listdir(runtime_dir) if e not in (lock_name, '.locks')]:
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+    os.close(lock)
+
+
+def build_collection(rev, workdir):
+    """The collection as committed at ``rev`` (git archive), built and installed under ``workdir``, so that
+    edits in the working tree or a reinstall of .build/collections during the run do not change what is
+    measured. Returns (commit, collections path)."""
+    src, out, dest = (os.path.join(workdir, d) for d in ('src', 'build', 'collections'))
+    os.makedirs(src)
+    commit = subprocess.run(['git', '-C', ROOT, 'rev-parse', rev], capture_output=True, text=True, check=True).stdout.strip()
+    archive = subprocess.run(['git', '-C', ROOT, 'archive', commit], capture_output=True, check=True).stdout
+    subprocess.run(['tar', '-x', '-C', src], input=archive, check=True)
+    subprocess.run(['ansible-galaxy', 'collection', 'build', '--output-path', out, src], capture_output=True, check=True)
+    tarball = [os.path.join(out, f) for f in os.listdir(out) if f.endswith('.tar.gz')][0]
+    subprocess.run(['ansible-galaxy', 'collection', 'install', '--offline', '--force', '-p', dest, tarball],
+                   capture_output=True, check=True)
+    return commit, dest
+
+
+def collection_to_measure(rev, runtime_dir):
+    """(commit, collections path) of the collection a run measures: with ``rev`` (--git-rev), the
+    collection as committed at ``rev``, built into RUNTIME_DIR/.collection; without, (None,
+    ANSIBLE_COLLECTIONS_PATH as it is set, '' when it is not). Raises BenchError when the build fails."""
+    if not rev:
+        return None, os.environ.get('ANSIBLE_COLLECTIONS_PATH', '')
+    workdir = os.path.join(runtime_dir, COLLECTION_DIR)
+    shutil.rmtree(workdir, ignore_errors=True)
+    try:
+        return build_collection(rev, workdir)
+    except (subprocess.CalledProcessError, OSError, IndexError) as exc:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise BenchError('cannot build the collection at %s: %s %s' % (rev, exc, getattr(exc, 'stderr', '') or ''))
+
+
+def start_run(ap, runtime_dir, lock_name, rev, other):
+    """The start of a run: the lock on ``runtime_dir`` (lock_runtime_dir) and the collection it measures
+    (collection_to_measure); ``ap.error`` (argparse) when another run holds the lock ('OTHER uses DIR') or
+    the build fails. Returns (lock, commit, collections path)."""
+    lock = lock_runtime_dir(runtime_dir, lock_name)
+    if lock is None:
+        ap.error('%s uses %s' % (other, runtime_dir))
+    try:
+        commit, collections = collection_to_measure(rev, runtime_dir)
+    except BenchError as exc:
+        ap.error(str(exc))
+    return lock, commit, collections
+
+
+def collection_identity(collections):
+    """sha256 (16 hex digits) of the installed engine files (ENGINE_FILES), to tell which code was measured."""
+    base = os.path.join(collections.split(':')[0], 'ansible_collections', 'liveupdate', 'qemu', 'plugins')
+    ident = {}
+    for rel in ENGINE_FILES:
+        with open(os.path.join(base, rel), 'rb') as handle:
+            ident[rel] = hashlib.sha256(handle.read()).hexdigest()[:16]
+    return ident
+
+
 # --- Ansible ---
 
 def snapshot_collection(dest):
     """A copy of the installed collection (ANSIBLE_COLLECTIONS_PATH) under ``dest`` for one run alone:
     scripts/setup.sh reinstalls .build/collections whenever a source changes, and a run must not see it
     half-installed. Returns the collections path to use."""
+    from ansible_collections.liveupdate.qemu.plugins.module_utils._wait import WaitTimeout, wait_for
     if COLLECTIONS is None:
         raise BenchError('liveupdate.qemu is not installed in ANSIBLE_COLLECTIONS_PATH: source .build/env.sh first')
     source = os.path.join(COLLECTIONS, 'ansible_collections', 'liveupdate', 'qemu')

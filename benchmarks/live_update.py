@@ -37,8 +37,6 @@ removed at the end, also after a failure, Ctrl-C or SIGTERM. docs/performance.md
 from __future__ import annotations
 
 import argparse
-import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -51,11 +49,11 @@ import time
 import traceback
 
 import benchlib  # benchmarks/benchlib.py: first, it puts the collection on sys.path
-from benchlib import NEWER, Ansible, BenchError, end_processes, log, qemu_version, stats, write_json
+from benchlib import NEWER, Ansible, BenchError, end_processes, load_snapshot, log, meminfo, stats, write_json
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import QemuCommandLine, QemuOpts
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import LiveUpdateError
-from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import QemuProcess, process_alive, qemu_processes
+from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import QemuProcess, process_alive
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_state import (
     MIGRATION_END, event_time, query_capabilities, query_vm, set_capabilities,
 )
@@ -71,62 +69,11 @@ QEMU_DEFAULT_BANDWIDTH = 128 << 20  # QEMU 7.2's max-bandwidth default (bytes/s)
 TARGETS = dict(pause_p99_ms=20.0, pause_ratio=1.2, bytes=1 << 20, engine_s=0.25, speedup=30.0)
 HEARTBEATS_AFTER = 10  # heartbeats (100 ms apart) to wait for after an update
 BASELINE_HEARTBEATS = 30  # heartbeats before an update whose largest step is the baseline
+LOCK_NAME = '.bench.lock'  # in --runtime-dir: one benchmark at a time uses it
 
 
 class GuestLost(BenchError):
     """The guest stopped printing heartbeats on the new process (a kernel panic, for one)."""
-
-
-# --- machine ---
-
-def load_snapshot(mine=()):
-    others = [p.pid for p in qemu_processes() if not any(m in ' '.join(p.argv) for m in mine)]
-    return dict(time=time.strftime('%Y-%m-%d %H:%M:%S'), loadavg=benchlib.loadavg(), other_qemu=len(others))
-
-
-def meminfo():
-    values = {}
-    with open('/proc/meminfo') as handle:
-        for line in handle:
-            key, rest = line.split(':', 1)
-            values[key] = int(rest.split()[0]) * 1024
-    return values
-
-
-def machine_info(old, new):
-    with open('/proc/cpuinfo') as handle:
-        model = next((line.split(':', 1)[1].strip() for line in handle if line.startswith('model name')), '?')
-    shm = os.statvfs('/dev/shm')
-    return dict(cores=os.cpu_count(), cpu=model, mem_total_gib=round(meminfo()['MemTotal'] / 2 ** 30, 1),
-                shm_gib=round(shm.f_blocks * shm.f_frsize / 2 ** 30, 1), kernel=os.uname().release,
-                accel='tcg', old_qemu=dict(binary=old, version=qemu_version(old)),
-                new_qemu=dict(binary=new, version=qemu_version(new)))
-
-
-# --- the collection measured ---
-
-def build_collection(rev, workdir):
-    """Build and install the collection as committed at ``rev`` (git archive), so that edits in the
-    working tree or a rebuild of .build/collections during the run do not change what is measured."""
-    src, out, dest = (os.path.join(workdir, d) for d in ('src', 'build', 'collections'))
-    os.makedirs(src)
-    commit = subprocess.run(['git', '-C', benchlib.ROOT, 'rev-parse', rev], capture_output=True, text=True, check=True).stdout.strip()
-    archive = subprocess.run(['git', '-C', benchlib.ROOT, 'archive', commit], capture_output=True, check=True).stdout
-    subprocess.run(['tar', '-x', '-C', src], input=archive, check=True)
-    subprocess.run(['ansible-galaxy', 'collection', 'build', '--output-path', out, src], capture_output=True, check=True)
-    tarball = [os.path.join(out, f) for f in os.listdir(out) if f.endswith('.tar.gz')][0]
-    subprocess.run(['ansible-galaxy', 'collection', 'install', '--offline', '--force', '-p', dest, tarball], capture_output=True, check=True)
-    return commit, dest
-
-
-def collection_identity(collections):
-    """sha256 of the installed engine and module, to tell which code was measured."""
-    base = os.path.join(collections.split(':')[0], 'ansible_collections', 'liveupdate', 'qemu', 'plugins')
-    ident = {}
-    for rel in ('module_utils/_live_update.py', 'modules/live_update.py'):
-        with open(os.path.join(base, rel), 'rb') as handle:
-            ident[rel] = hashlib.sha256(handle.read()).hexdigest()[:16]
-    return ident
 
 
 # --- QEMU ---
@@ -334,7 +281,7 @@ class SizeBench:
         for run in range(self.args.runs):
             target = self.new if on_old else self.old
             mark = self.watch.mark(self.args.pause_between)
-            load = load_snapshot([self.args.runtime_dir])
+            load = load_snapshot(self.args.runtime_dir)
             rss_before = rss_shmem_mib(self.current['pid'])
             res = self.ansible.module('live_update', dict(name=self.name, target_binary=target))
             if res.get('failed') or not res.get('changed'):
@@ -447,7 +394,7 @@ class SizeBench:
         qmp_path, pidfile, serial, mig = base + '.qmp', base + '.pid', base + '.serial', base + '.migrate'
         argv, env = QemuProcess.from_pid(src['pid']).argv, read_environ(src['pid'])
         mark = self.watch.mark(self.args.pause_between)
-        load = load_snapshot([self.args.runtime_dir])
+        load = load_snapshot(self.args.runtime_dir)
         with Qmp(src['qmp']) as sq:
             machine = query_vm(sq, src['pid'])['machine']
             dargv = destination_argv(argv, qmp_path, pidfile, serial, dest_mem, machine)
@@ -570,9 +517,10 @@ class SizeBench:
 class Cleanup:
     """What this run created: removed at the end whatever happened."""
 
-    def __init__(self, args, ansible):
+    def __init__(self, args, ansible, lock):
         self.args = args
         self.ansible = ansible
+        self.lock = lock  # the runtime directory's lock (benchlib.lock_runtime_dir)
         self.vms = []
         self.files = set()
 
@@ -591,10 +539,7 @@ class Cleanup:
             for name in self.vms:
                 shutil.rmtree(os.path.join(self.args.runtime_dir, name), ignore_errors=True)
             # The runtime directory is ours (we hold its .bench.lock): remove it when only lock files are left.
-            shutil.rmtree(os.path.join(self.args.runtime_dir, '.collection'), ignore_errors=True)
-            left = [e for e in os.listdir(self.args.runtime_dir) if e not in ('.bench.lock', '.locks')]
-            if not left:
-                shutil.rmtree(self.args.runtime_dir, ignore_errors=True)
+            benchlib.release_runtime_dir(self.args.runtime_dir, LOCK_NAME, self.lock)
         finally:
             signal.signal(signal.SIGINT, old)
 
@@ -792,29 +737,15 @@ def main(argv=None):
         ap.error('no older QEMU build: set LIVEUPDATE_OLD_QEMU (source .build/env.sh) or --old-binary')
 
     benchlib.setup('bench')
-    os.makedirs(args.runtime_dir, mode=0o755, exist_ok=True)
-    lock = os.open(os.path.join(args.runtime_dir, '.bench.lock'), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        ap.error('another benchmark uses %s' % args.runtime_dir)
-
-    collections, commit, workdir = os.environ['ANSIBLE_COLLECTIONS_PATH'], None, None
-    if args.git_rev:
-        workdir = os.path.join(args.runtime_dir, '.collection')
-        shutil.rmtree(workdir, ignore_errors=True)
-        try:
-            commit, collections = build_collection(args.git_rev, workdir)
-        except (subprocess.CalledProcessError, OSError, IndexError) as exc:
-            shutil.rmtree(workdir, ignore_errors=True)
-            ap.error('cannot build the collection at %s: %s %s' % (args.git_rev, exc, getattr(exc, 'stderr', '') or ''))
+    lock, commit, collections = benchlib.start_run(ap, args.runtime_dir, LOCK_NAME, args.git_rev, 'another benchmark')
+    if commit:
         log('measuring the collection at commit %s (%s)' % (commit[:12], collections))
     ansible = Ansible(collections, module_args=dict(runtime_dir=args.runtime_dir))
-    cleanup = Cleanup(args, ansible)
-    report = dict(collection=dict(path=collections, commit=commit, sha256=collection_identity(collections)),
+    cleanup = Cleanup(args, ansible, lock)
+    report = dict(collection=dict(path=collections, commit=commit, sha256=benchlib.collection_identity(collections)),
                   command=' '.join([os.path.relpath(sys.argv[0], benchlib.ROOT)] + sys.argv[1:]) if argv is None else argv,
-                  host=socket.gethostname(), machine=machine_info(args.old_binary, args.new_binary),
-                  load_start=load_snapshot([args.runtime_dir]), sizes=[], started=time.strftime('%Y-%m-%d %H:%M:%S'))
+                  host=socket.gethostname(), machine=benchlib.machine_info(args.old_binary, args.new_binary),
+                  load_start=load_snapshot(args.runtime_dir), sizes=[], started=time.strftime('%Y-%m-%d %H:%M:%S'))
     log('machine: %d cores, %s GiB RAM, load %s, %d other QEMU processes; old %s, new %s' % (
         report['machine']['cores'], report['machine']['mem_total_gib'], report['load_start']['loadavg'],
         report['load_start']['other_qemu'], report['machine']['old_qemu']['version'], report['machine']['new_qemu']['version']))
@@ -823,7 +754,7 @@ def main(argv=None):
         for size in args.sizes:
             bench = SizeBench(args, ansible, size, args.old_binary, args.new_binary, cleanup)
             report['sizes'].append(bench.result)
-            bench.result['load_start'] = load_snapshot([args.runtime_dir])
+            bench.result['load_start'] = load_snapshot(args.runtime_dir)
             t0 = time.monotonic()
             try:
                 bench.start()
@@ -840,7 +771,7 @@ def main(argv=None):
                                                    state=bench.diagnose()))
                 rc = 1
             finally:
-                bench.result['load_end'] = load_snapshot([args.runtime_dir])
+                bench.result['load_end'] = load_snapshot(args.runtime_dir)
                 bench.result['wall_s'] = round(time.monotonic() - t0, 1)
                 try:
                     bench.stop()
@@ -851,7 +782,7 @@ def main(argv=None):
         rc = 130
     finally:
         cleanup.run()
-        report['load_end'] = load_snapshot([args.runtime_dir])
+        report['load_end'] = load_snapshot(args.runtime_dir)
         report['finished'] = time.strftime('%Y-%m-%d %H:%M:%S')
 
     if args.json:  # the raw measurements first, whatever happens to the summary

@@ -37,21 +37,21 @@ from __future__ import annotations
 
 import argparse
 import ast
-import fcntl
-import hashlib
 import os
 import shutil
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import time
 import traceback
 from types import SimpleNamespace
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
+# benchmarks/benchlib.py: it imports nothing of the collection yet, import_collection() chooses the copy.
+import benchlib
+
 VM_NAME = 'soak'
+LOCK_NAME = '.soak.lock'  # in --runtime-dir: one soak at a time uses it
 NEW_HEARTBEATS = 2  # heartbeats to see after each update (100 ms apart)
 FAULTS_ENV = 'LIVEUPDATE_QEMU_FAULTS'  # plugins/module_utils/_faults.py, for --inject-fault
 
@@ -61,28 +61,12 @@ lib = SimpleNamespace()
 
 # --- the collection measured ---
 
-def build_collection(rev, workdir):
-    """The collection as committed at ``rev`` (git archive), built and installed under ``workdir``, so that
-    edits in the working tree or a reinstall of .build/collections do not change what is measured.
-    Returns (commit, collections path)."""
-    src, out, dest = (os.path.join(workdir, d) for d in ('src', 'build', 'collections'))
-    os.makedirs(src)
-    commit = subprocess.run(['git', '-C', ROOT, 'rev-parse', rev], capture_output=True, text=True, check=True).stdout.strip()
-    archive = subprocess.run(['git', '-C', ROOT, 'archive', commit], capture_output=True, check=True).stdout
-    subprocess.run(['tar', '-x', '-C', src], input=archive, check=True)
-    subprocess.run(['ansible-galaxy', 'collection', 'build', '--output-path', out, src], capture_output=True, check=True)
-    tarball = [os.path.join(out, f) for f in os.listdir(out) if f.endswith('.tar.gz')][0]
-    subprocess.run(['ansible-galaxy', 'collection', 'install', '--offline', '--force', '-p', dest, tarball],
-                   capture_output=True, check=True)
-    return commit, dest
-
-
 def import_collection(collections):
-    """Import benchlib and the collection's module_utils from ``collections`` into ``lib``."""
+    """Import the collection's module_utils from ``collections`` into ``lib`` (benchlib's helpers use
+    them too: it imports them when first used)."""
     os.environ['ANSIBLE_COLLECTIONS_PATH'] = collections
     sys.path.insert(0, collections)
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    import benchlib  # benchmarks/benchlib.py: it puts the collection on sys.path
+    sys.path.insert(0, os.path.join(benchlib.ROOT, 'tools'))
     import guestlog  # tools/guestlog.py
     from ansible_collections.liveupdate.qemu.plugins.module_utils import _live_update
     from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import LiveUpdateError
@@ -99,22 +83,11 @@ def import_collection(collections):
     if not where.startswith(os.path.realpath(collections) + os.sep):
         raise SystemExit('soak: the engine was imported from %s, not from %s' % (where, collections))
     lib.__dict__.update(
-        benchlib=benchlib, guestlog=guestlog, LiveUpdate=_live_update.LiveUpdate, engine_file=where,
+        guestlog=guestlog, LiveUpdate=_live_update.LiveUpdate, engine_file=where,
         LiveUpdateError=LiveUpdateError, COMMON_ARGS=COMMON_ARGS, process_alive=process_alive,
         qemu_processes=qemu_processes, users_of=users_of, binary_version=binary_version, qmp_version=qmp_version,
         QMPSession=QMPSession, RuntimePaths=RuntimePaths, VmManager=VmManager, WaitTimeout=WaitTimeout,
         wait_for=wait_for)
-
-
-def collection_identity(collections):
-    """sha256 (16 hex digits) of the engine files that were measured."""
-    base = os.path.join(collections, 'ansible_collections', 'liveupdate', 'qemu', 'plugins')
-    ident = {}
-    for rel in ('module_utils/_live_update.py', 'module_utils/_transfer.py', 'module_utils/_takeover.py',
-                'module_utils/_verify.py', 'module_utils/_proc.py', 'modules/live_update.py'):
-        with open(os.path.join(base, rel), 'rb') as handle:
-            ident[rel] = hashlib.sha256(handle.read()).hexdigest()[:16]
-    return ident
 
 
 def module_defaults(collections, module):
@@ -135,24 +108,6 @@ def module_defaults(collections, module):
 
 
 # --- the machine ---
-
-def load_snapshot(mine=None):
-    """The load average now; with ``mine`` (our runtime directory) also how many other QEMUs run."""
-    snap = dict(t=round(time.time(), 1), loadavg=lib.benchlib.loadavg())
-    if mine:
-        snap['other_qemu'] = sum(1 for p in lib.qemu_processes() if not any(mine + '/' in a for a in p.argv))
-    return snap
-
-
-def machine_info(old, new):
-    with open('/proc/cpuinfo') as handle:
-        model = next((line.split(':', 1)[1].strip() for line in handle if line.startswith('model name')), '?')
-    with open('/proc/meminfo') as handle:
-        total = int(next(line for line in handle if line.startswith('MemTotal:')).split()[1]) * 1024
-    return dict(cores=os.cpu_count(), cpu=model, mem_total_gib=round(total / 2 ** 30, 1), kernel=os.uname().release,
-                accel='tcg', old_qemu=dict(binary=old, version=lib.benchlib.qemu_version(old)),
-                new_qemu=dict(binary=new, version=lib.benchlib.qemu_version(new)))
-
 
 def mappers_of(path):
     """Pids of every process on the host whose memory maps ``path`` (/proc/PID/maps)."""
@@ -199,7 +154,7 @@ class Signals:
     def handler(self, signum, frame):
         if self.in_update and self.requested is None:
             self.requested = signum
-            lib.benchlib.log('signal %d: stopping after the update in progress (again to stop at once)' % signum)
+            benchlib.log('signal %d: stopping after the update in progress (again to stop at once)' % signum)
             return
         raise KeyboardInterrupt('signal %d' % signum)
 
@@ -249,7 +204,7 @@ class Soak:
     # start / stop
 
     def start(self):
-        log = lib.benchlib.log
+        log = benchlib.log
         if lib.users_of(os.path.join(self.args.memory_dir, 'liveupdate-qemu-%s.ram' % VM_NAME)):
             raise SystemExit('soak: a QEMU already uses the memory file of VM %s' % VM_NAME)
         lib.VmManager(dict(self.vm_params, state='stopped'), False).run()  # leftovers of an interrupted run of ours
@@ -283,8 +238,8 @@ class Soak:
         try:
             lib.VmManager(dict(self.vm_params, state='stopped'), False).run()
         except Exception as exc:  # pylint: disable=broad-except
-            lib.benchlib.log('cleanup: vm %s state=stopped: %s' % (VM_NAME, exc))
-        lib.benchlib.remove_leftovers(self.args.runtime_dir, [memory_file])
+            benchlib.log('cleanup: vm %s state=stopped: %s' % (VM_NAME, exc))
+        benchlib.remove_leftovers(self.args.runtime_dir, [memory_file])
         shutil.rmtree(self.paths.root, ignore_errors=True)
 
     # one update
@@ -293,7 +248,7 @@ class Soak:
         s = self.follower.poll()
         hb_before, gaps_before = s.hb_count, len(s.hb_gaps)
         old_pid = self.pid
-        rec = dict(i=index, target=target, old_pid=old_pid, load=lib.benchlib.loadavg()[0], t=round(time.time(), 3))
+        rec = dict(i=index, target=target, old_pid=old_pid, load=benchlib.loadavg()[0], t=round(time.time(), 3))
         engine = lib.LiveUpdate(dict(self.engine_params, target_binary=target), False)
         faults = ','.join(f for i, f in self.args.inject_fault if i == index)
         if faults:
@@ -423,15 +378,15 @@ class Soak:
 
     def run(self, report):
         args = self.args
-        log = lib.benchlib.log
+        log = benchlib.log
         report['guest'] = self.start()
-        report['load_before_updates'] = load_snapshot(self.args.runtime_dir)
+        report['load_before_updates'] = benchlib.load_snapshot(self.args.runtime_dir)
         next_load = time.monotonic()
         self.t_updates = t_start = time.monotonic()
         for index in range(args.updates):
             self.signals.check()
             if time.monotonic() >= next_load:
-                self.load.append(load_snapshot(self.args.runtime_dir))
+                self.load.append(benchlib.load_snapshot(self.args.runtime_dir))
                 next_load = time.monotonic() + args.load_every
             target = self.binaries[1 - self.on]
             try:
@@ -456,7 +411,7 @@ class Soak:
                        rec['checks']['hb_step_ms'], rec['load'], statistics.median(pauses),
                        max(pauses), (index + 1) / (time.monotonic() - t_start)))
             if args.json and (index + 1) % 100 == 0:
-                lib.benchlib.write_json(args.json + '.partial', dict(report, updates=self.updates))
+                benchlib.write_json(args.json + '.partial', dict(report, updates=self.updates))
             if args.interval:
                 time.sleep(args.interval)
 
@@ -474,7 +429,7 @@ class Soak:
             path = os.path.join(self.paths.root, name)
             if os.path.exists(path):
                 shutil.copy(path, os.path.join(where, 'update%04d-%s' % (index, name)))
-        lib.benchlib.write_json(os.path.join(where, 'update%04d-failure.json' % index), found)
+        benchlib.write_json(os.path.join(where, 'update%04d-failure.json' % index), found)
         return found
 
     def keep_logs(self):
@@ -490,7 +445,6 @@ class Soak:
 # --- report ---
 
 def summarize(soak):
-    benchlib = lib.benchlib
     done = [r for r in soak.updates if 'failure' not in r and not r.get('interrupted')]
 
     def dist(key, values=None):
@@ -610,37 +564,24 @@ def main(argv=None):
     stamp = time.strftime('%Y%m%d-%H%M%S')
     args.evidence_dir = args.keep_logs or os.path.join(os.path.dirname(os.path.abspath(args.json)) if args.json
                                                        else '/tmp', 'soak-evidence-' + stamp)
-    os.makedirs(args.runtime_dir, mode=0o755, exist_ok=True)
-    lock = os.open(os.path.join(args.runtime_dir, '.soak.lock'), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        ap.error('another soak uses %s' % args.runtime_dir)
-    collections, commit = os.environ.get('ANSIBLE_COLLECTIONS_PATH', '').split(':')[0], None
-    workdir = os.path.join(args.runtime_dir, '.collection')
-    if args.git_rev:
-        shutil.rmtree(workdir, ignore_errors=True)
-        try:
-            commit, collections = build_collection(args.git_rev, workdir)
-        except (subprocess.CalledProcessError, OSError, IndexError) as exc:
-            shutil.rmtree(workdir, ignore_errors=True)
-            ap.error('cannot build the collection at %s: %s %s' % (args.git_rev, exc, getattr(exc, 'stderr', '') or ''))
+    lock, commit, collections = benchlib.start_run(ap, args.runtime_dir, LOCK_NAME, args.git_rev, 'another soak')
+    collections = collections.split(':')[0]
     if not collections:
         ap.error('ANSIBLE_COLLECTIONS_PATH is not set: source .build/env.sh first')
     import_collection(collections)
-    log = lib.benchlib.log
-    lib.benchlib.setup('soak', signals=())
+    log = benchlib.log
+    benchlib.setup('soak', signals=())
     soak = Soak(args, collections)
     soak.signals.install()
-    report = dict(command=' '.join(['python', os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)] + sys.argv[1:])
+    report = dict(command=' '.join(['python', os.path.relpath(os.path.abspath(sys.argv[0]), benchlib.ROOT)] + sys.argv[1:])
                   if argv is None else argv,
                   collection=dict(path=collections, commit=commit, engine=lib.engine_file,
-                                  sha256=collection_identity(collections)),
-                  host=socket.gethostname(), machine=machine_info(args.old_binary, args.new_binary),
+                                  sha256=benchlib.collection_identity(collections)),
+                  host=socket.gethostname(), machine=benchlib.machine_info(args.old_binary, args.new_binary),
                   config=dict(updates=args.updates, memory=args.memory, fill_mb=args.fill_mb,
                               full_check_every=args.full_check_every, interval=args.interval,
                               engine_params=soak.engine_params, vm_params=soak.vm_params),
-                  started=time.strftime('%Y-%m-%d %H:%M:%S %Z'), load_start=load_snapshot(args.runtime_dir))
+                  started=time.strftime('%Y-%m-%d %H:%M:%S %Z'), load_start=benchlib.load_snapshot(args.runtime_dir))
     log('%d updates of VM %s (%s RAM) between %s and %s; load %s, %d other QEMU processes; engine %s'
         % (args.updates, VM_NAME, args.memory, report['machine']['old_qemu']['version'],
            report['machine']['new_qemu']['version'], report['load_start']['loadavg'],
@@ -667,24 +608,21 @@ def main(argv=None):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if soak.t_updates is not None:
             report['updates_wall_s'] = round(time.monotonic() - soak.t_updates, 1)
-            soak.load.append(load_snapshot(args.runtime_dir))
+            soak.load.append(benchlib.load_snapshot(args.runtime_dir))
         try:
             report['summary'] = summarize(soak)
             soak.keep_logs()
         finally:
             soak.stop()
-            shutil.rmtree(workdir, ignore_errors=True)
-            if not [e for e in os.listdir(args.runtime_dir) if e not in ('.soak.lock', '.locks')]:
-                shutil.rmtree(args.runtime_dir, ignore_errors=True)
-            os.close(lock)
+            benchlib.release_runtime_dir(args.runtime_dir, LOCK_NAME, lock)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    report.update(finished=time.strftime('%Y-%m-%d %H:%M:%S %Z'), load_end=load_snapshot(args.runtime_dir), load=soak.load,
+    report.update(finished=time.strftime('%Y-%m-%d %H:%M:%S %Z'), load_end=benchlib.load_snapshot(args.runtime_dir), load=soak.load,
                   full_checks=soak.full_checks, failures=soak.failures, updates=soak.updates)
     if soak.failures and rc == 0:
         rc = 1
     if args.json:
-        lib.benchlib.write_json(args.json, report)
+        benchlib.write_json(args.json, report)
         if os.path.exists(args.json + '.partial'):
             os.unlink(args.json + '.partial')
         log('wrote %s' % args.json)
