@@ -137,18 +137,24 @@ def test_source_qmp_times_out(ansible, fault_vm):
     assert_untouched(ansible, fault_vm)
 
 
-def test_concurrent_updates_of_one_vm(ansible, fault_vm, wrapper):
-    # The first update's destination starts slowly, so the second one certainly overlaps it.
+def overlapping_updates(ansible, vm, wrapper, second):
+    """(first, second) results: ``second()`` runs while a first update of ``vm`` holds its
+    lock (its destination starts slowly, so the second one certainly overlaps it)."""
     slow = wrapper('sleep 3; exec %s "$@"' % INSTALLED)
     results = {}
 
     def first():
-        results['first'] = update(ansible, fault_vm, target_binary=slow)
+        results['first'] = update(ansible, vm, target_binary=slow)
     thread = threading.Thread(target=first)
     thread.start()
     time.sleep(2.5)
-    results['second'] = update(ansible, fault_vm)
+    results['second'] = second()
     thread.join()
+    return results
+
+
+def test_concurrent_updates_of_one_vm(ansible, fault_vm, wrapper):
+    results = overlapping_updates(ansible, fault_vm, wrapper, lambda: update(ansible, fault_vm))
     assert results['first']['changed'] is True and not results['first'].get('failed'), results['first']
     assert results['second']['failed'] and 'another live update of this VM is in progress' in results['second']['msg']
     pids = qemu_pids_under(fault_vm['memory_file'])
@@ -160,16 +166,9 @@ def test_concurrent_updates_of_one_vm(ansible, fault_vm, wrapper):
 def test_update_waiting_for_the_lock_updates_what_runs_then(ansible, fault_vm, wrapper):
     """The second update waits (lock_timeout) while the first moves the VM to another process;
     it then locates the VM again instead of failing on the pid it found before."""
-    slow = wrapper('sleep 3; exec %s "$@"' % INSTALLED)
-    results = {}
-
-    def first():
-        results['first'] = update(ansible, fault_vm, target_binary=slow)
-    thread = threading.Thread(target=first)
-    thread.start()
-    time.sleep(2.5)
-    results['second'] = ansible.module('live_update', dict(pid=fault_vm['pid'], force=True, lock_timeout=120))
-    thread.join()
+    pid = fault_vm['pid']
+    results = overlapping_updates(ansible, fault_vm, wrapper, lambda: ansible.module(
+        'live_update', dict(pid=pid, force=True, lock_timeout=120)))
     assert results['first']['changed'] is True and not results['first'].get('failed'), results['first']
     second = results['second']
     assert second['changed'] is True and not second.get('failed'), second
