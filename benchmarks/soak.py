@@ -213,8 +213,8 @@ class Soak:
         self.vm = res['vm']
         self.pid = self.vm['pid']
         self.follower = lib.guestlog.LogFollower(self.paths.serial_log)
-        log('VM %s started on %s (pid %d, %s RAM); waiting for LU-MEM-READY' % (VM_NAME, self.vm['binary'], self.pid,
-                                                                              self.args.memory))
+        log('VM %s started on %s (pid %d, %s RAM); waiting for LU-MEM-READY'
+            % (VM_NAME, self.vm['binary'], self.pid, self.args.memory))
 
         def ready():
             s = self.follower.poll()
@@ -363,8 +363,10 @@ class Soak:
         since = self.mem_ok_at_check
         t0 = time.monotonic()
         try:
-            s = lib.wait_for(lambda: (lambda s: s if s.mem_ok > since or s.mem_bad else None)(self.follower.poll()),
-                             self.args.mem_timeout, 'a new LU-MEM OK', interval=0.05)
+            def checked():
+                summary = self.follower.poll()
+                return summary if summary.mem_ok > since or summary.mem_bad else None
+            s = lib.wait_for(checked, self.args.mem_timeout, 'a new LU-MEM OK', interval=0.05)
         except lib.WaitTimeout:
             return ['no new LU-MEM OK within %gs of update %d (%d OK so far)'
                     % (self.args.mem_timeout, index, self.follower.summary.mem_ok)]
