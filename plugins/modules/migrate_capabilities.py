@@ -25,12 +25,8 @@ options:
       - A name this QEMU does not know fails the task, listing the ones it knows.
     type: dict
     required: true
-notes:
-  - QEMU checks the combination and refuses it whole (for example C(postcopy-ram) with C(x-ignore-shared)), so a
-    refused change leaves every capability as it was.
 extends_documentation_fragment:
-  - liveupdate.qemu.common
-  - liveupdate.qemu.common.qmp_target
+  - liveupdate.qemu.common.qmp
   - liveupdate.qemu.attributes
   - ansible.builtin.action_common_attributes
 '''

@@ -25,12 +25,8 @@ options:
       - A name this QEMU does not report in C(query-migrate-parameters) fails the task, listing the ones it knows.
     type: dict
     required: true
-notes:
-  - Each value is converted to the type QEMU reports for the parameter (integer, string or boolean); a value that
-    does not convert fails the task before anything is sent.
 extends_documentation_fragment:
-  - liveupdate.qemu.common
-  - liveupdate.qemu.common.qmp_target
+  - liveupdate.qemu.common.qmp
   - liveupdate.qemu.attributes
   - ansible.builtin.action_common_attributes
 '''

@@ -29,8 +29,7 @@ options:
     type: dict
     default: {}
 extends_documentation_fragment:
-  - liveupdate.qemu.common
-  - liveupdate.qemu.common.qmp_target
+  - liveupdate.qemu.common.qmp
   - liveupdate.qemu.attributes.no_diff
   - ansible.builtin.action_common_attributes
 attributes:
