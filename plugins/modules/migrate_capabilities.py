@@ -25,6 +25,10 @@ options:
       - A name this QEMU does not know fails the task, listing the ones it knows.
     type: dict
     required: true
+seealso:
+  - module: liveupdate.qemu.migrate_parameters
+  - module: liveupdate.qemu.live_update
+    description: Sets the capabilities a live update needs by itself, and gives the operator's back afterwards.
 extends_documentation_fragment:
   - liveupdate.qemu.common.qmp
   - liveupdate.qemu.attributes

@@ -25,6 +25,8 @@ options:
       - A name this QEMU does not report in C(query-migrate-parameters) fails the task, listing the ones it knows.
     type: dict
     required: true
+seealso:
+  - module: liveupdate.qemu.migrate_capabilities
 extends_documentation_fragment:
   - liveupdate.qemu.common.qmp
   - liveupdate.qemu.attributes
