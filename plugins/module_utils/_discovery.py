@@ -12,7 +12,7 @@ import shutil
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._eligibility import eligibility, outdated_reasons
 from ansible_collections.liveupdate.qemu.plugins.module_utils._journal import Journal
-from ansible_collections.liveupdate.qemu.plugins.module_utils._locate import managed_paths, qmp_socket_of, reachable_socket
+from ansible_collections.liveupdate.qemu.plugins.module_utils._locate import managed_paths, own_socket, qmp_socket_of
 from ansible_collections.liveupdate.qemu.plugins.module_utils._lock import lock_path
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import qemu_processes
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_binary import binary_version
@@ -45,7 +45,10 @@ def inspect(proc, runtime_dir, target_binary=None, timeout=5.0, version_cache=No
         vm['qmp_error'] = 'no unix QMP socket on its command line'
     else:
         try:
-            with QMPSession(reachable_socket(vm['qmp_socket'], proc), timeout) as qmp:
+            with QMPSession(own_socket(proc, vm['qmp_socket']), timeout) as qmp:
+                if qmp.peer_pid != proc.pid:
+                    raise QMPError('QMP socket %s is served by pid %s (an update of this VM is under way, or was '
+                                   'interrupted)' % (qmp.path, qmp.peer_pid))
                 vm.update(query_vm(qmp, proc.pid))
         except QMPError as exc:
             vm['qmp_error'] = str(exc)

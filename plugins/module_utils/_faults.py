@@ -38,4 +38,7 @@ def fault_point(point, source_pid=None, dest_pid=None):
         if where == point and action in ACTIONS:
             target, sig = ACTIONS[action]
             if pids[target] is not None:
-                os.kill(pids[target], sig)
+                try:
+                    os.kill(pids[target], sig)
+                except ProcessLookupError:
+                    pass  # already gone: the fault is moot

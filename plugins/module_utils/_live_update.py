@@ -50,11 +50,15 @@ from ansible_collections.liveupdate.qemu.plugins.module_utils._wait import WaitT
 class Switch:
     """The point of no return, and the only way to resume the source."""
 
-    def __init__(self):
+    def __init__(self, journal=None):
         self.committed = False
+        self.journal = journal
 
-    def commit(self):
-        """Recorded *before* the destination is told to run: from here on it may have run the guest."""
+    def commit(self, dest_pid=None):
+        """Recorded *before* the destination is told to run, in memory and in the journal (for
+        a successor, should this process die): from here on it may have run the guest."""
+        if self.journal is not None:
+            self.journal.update(phase='switching', dest_pid=dest_pid)
         self.committed = True
 
     def resume_source(self, qmp, dest_pid):
@@ -197,10 +201,15 @@ def switch_over(src, source, spawned, pre, switch, timeout):
     if status != 'postmigrate':
         raise UpdateFailed('source is %s after the migration, not postmigrate' % status, step='switch')
     was_running = pre.vm['status'] == 'running'
-    if not process_alive(spawned.pid):  # it never ran the guest: the source may go on
+    # A destination that is gone, frozen or not holding the migrated guest never ran it: the
+    # source may go on. Asked now, not assumed, because past the commit it may not.
+    if not process_alive(spawned.pid):
         raise UpdateFailed('the destination (pid %d) exited before the switch: %s'
                            % (spawned.pid, spawned.output() or 'no message'), step='switch')
-    switch.commit()
+    dest_status = dest.execute('query-status')['status']
+    if dest_status != 'paused':
+        raise UpdateFailed('the destination is %s after the migration, not paused' % dest_status, step='switch')
+    switch.commit(spawned.pid)
     fault_point('committed', source.proc.pid, spawned.pid)
     if was_running:
         dest.execute('cont')
@@ -254,7 +263,7 @@ class LiveUpdate:
         self.params = params
         self.check_mode = check_mode
         self.probes = {} if probes is None else probes  # target binary -> probe_binary(), shared by a batch
-        self.switch = Switch()
+        self.switch = Switch()  # given the VM's journal once the VM is locked
         self.timings = {}
         self.step = 'locate'
         self.result = dict(changed=False)
@@ -278,7 +287,8 @@ class LiveUpdate:
         except LiveUpdateError as exc:
             # A failure reports what was learnt up to it (vm, old, target, plan, timings) too.
             partial = dict((k, v) for k, v in self.result.items() if k not in ('changed', 'msg'))
-            partial.update(timings=self.timings, step=self.step, rolled_back=not self.switch.committed)
+            partial.update(timings=self.timings, step=self.step, rolled_back=not self.switch.committed,
+                           changed=self.switch.committed)
             partial.update(exc.details)
             exc.details = partial
             raise
@@ -293,6 +303,7 @@ class LiveUpdate:
         with UpdateLock(params['runtime_dir'], qmp_socket, params['lock_timeout']) as lock:
             qmp_socket, proc = relocate(params, qmp_socket, proc)
             journal = Journal(lock.sibling('.journal'))
+            self.switch.journal = journal
             with QMPSession(qmp_socket, params['timeout']) as src:
                 source = self._timed('connect', connect_source, src, proc, params['runtime_dir'])
                 self.result['vm'] = dict(name=source.name, qmp_socket=canonical_path(qmp_socket),
@@ -346,7 +357,6 @@ class LiveUpdate:
         params = self.params
         try:
             self._timed('migrate', migrate, src, source, spawned, pre, params['migration_timeout'])
-            journal.update(phase='switching', dest_pid=spawned.pid)
             switched = self._timed('switch', switch_over, src, source, spawned, pre, self.switch, params['timeout'])
         except (LiveUpdateError, OSError) as exc:
             self._fail(src, source, pre, spawned, exc, journal)
@@ -370,9 +380,14 @@ class LiveUpdate:
         params = self.params
         env = dict(LIVEUPDATE_VM=source.name or '', LIVEUPDATE_QMP_SOCKET=source.qmp_socket,
                    LIVEUPDATE_PID=str(spawned.pid))
-        with QMPSession(source.qmp_socket, params['timeout']) as dest:
-            verified = verify_guest(dest, spawned.pid, pre.vm['status'], params['verify_timeout'],
-                                    params.get('health_command'), env)
+        try:
+            with QMPSession(source.qmp_socket, params['timeout']) as dest:
+                verified = verify_guest(dest, spawned.pid, pre.vm['status'], params['verify_timeout'],
+                                        params.get('health_command'), env)
+        except LiveUpdateError as exc:
+            raise UpdateFailed('live update of VM %s: %s, but it cannot be verified: %s'
+                               % (source.name, _where_the_guest_is(spawned.pid), exc),
+                               step='verify', rolled_back=False, changed=True, dest_pid=spawned.pid)
         self.result['verified'] = verified['checks']
         if not verified['ok']:
             failed = sorted(name for name, check in verified['checks'].items() if not check['ok'])
@@ -390,6 +405,10 @@ class LiveUpdate:
             raise UpdateFailed('live update of VM %s failed after the switch (%s): %s'
                                % (source.name, exc, self._abandon_source(src, source, pre, dest_pid, journal)),
                                step=self.step, rolled_back=False, changed=True, dest_pid=dest_pid, **details)
+        if not process_alive(source.proc.pid):
+            raise UpdateFailed('live update of VM %s failed at %s (%s): %s'
+                               % (source.name, self.step, exc, self._source_died(dest_pid, journal)),
+                               step=self.step, rolled_back=False, dest_pid=dest_pid, **details)
         rolled_back = rollback(src, pre, dest_pid, self.switch, self.params['timeout'])
         if rolled_back:
             journal.clear()
@@ -397,6 +416,16 @@ class LiveUpdate:
                            % (source.name, self.step, exc, '' if rolled_back else
                               '; ROLLBACK INCOMPLETE, check the VM'),
                            step=self.step, rolled_back=rolled_back, **details)
+
+    @staticmethod
+    def _source_died(dest_pid, journal):
+        """Before the switch, the source died: the guest lives on only in a destination that
+        holds its whole state (it never ran it). That one is kept for the next update."""
+        if dest_pid is not None and process_alive(dest_pid):
+            return ('the source QEMU died; destination pid %d is kept: the next live_update of this VM resumes the '
+                    'guest there if the migration had completed, else the guest is lost' % dest_pid)
+        journal.clear()
+        return 'the source QEMU died and there is no destination: the guest is lost, start the VM again'
 
     def _abandon_source(self, src, source, pre, dest_pid, journal):
         """Past the point of no return: the source must never run again. The destination, if

@@ -13,7 +13,7 @@ import os
 from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import canonical_path
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import QemuProcess, process_alive, qemu_processes
-from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import check_socket_path
+from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import check_socket_path, socket_accepts
 from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import RuntimePaths, Vm
 
 
@@ -33,7 +33,7 @@ def managed_paths(proc, runtime_dir):
 
 
 def qmp_socket_of(proc, paths):
-    """The QMP socket to reach ``proc`` at: its runtime directory's when managed (``paths``),
+    """The canonical QMP socket of ``proc``: its runtime directory's when managed (``paths``),
     else the first on its command line, under its canonical name (see canonical_path)."""
     if paths is not None:
         return paths.qmp_socket
@@ -41,16 +41,26 @@ def qmp_socket_of(proc, paths):
     return canonical_path(sockets[0]) if sockets else None
 
 
+def own_socket(proc, canonical):
+    """The socket ``proc`` itself listens on for ``canonical``: its temporary twin while it is
+    the destination of an update that has not renamed it (and the source still holds
+    ``canonical``), else ``canonical``."""
+    for path in proc.cmdline.qmp_sockets():
+        if path != canonical and canonical_path(path) == canonical and os.path.exists(path):
+            return path
+    return canonical
+
+
 def reachable_socket(canonical, proc):
-    """``canonical`` when it exists, else the temporary twin (PATH.lu-TOKEN) that ``proc``
-    listens on: the destination of an update interrupted before it renamed its sockets."""
-    if os.path.exists(canonical):
-        return canonical
+    """``canonical``, unless a temporary twin (PATH.lu-TOKEN) that ``proc`` (or, when not
+    known, any QEMU) names on its command line exists and nobody listens on ``canonical``:
+    the destination of an update interrupted before it renamed its sockets (the source
+    that left ``canonical`` may have quit, or been left behind)."""
     candidates = [proc] if proc is not None else qemu_processes()
-    for candidate in candidates:
-        for path in candidate.cmdline.qmp_sockets():
-            if path != canonical and canonical_path(path) == canonical and os.path.exists(path):
-                return path
+    twins = [path for candidate in candidates for path in candidate.cmdline.qmp_sockets()
+             if path != canonical and canonical_path(path) == canonical and os.path.exists(path)]
+    if twins and not socket_accepts(canonical):
+        return twins[0]
     return canonical
 
 

@@ -90,6 +90,20 @@ def check_socket_path(path):
         raise QMPSocketError('%s is not a unix socket' % path, socket=path)
 
 
+def socket_accepts(path):
+    """True when a process listens on the unix socket ``path`` (a socket file whose
+    process is gone refuses connections)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(1)
+    try:
+        sock.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
 class QMPSession:
     """One QMP connection to one QEMU, used synchronously.
 

@@ -57,6 +57,8 @@ def recover(src, source, switch, journal, params, check_mode):
     still on temporaries, capabilities still as the update set them (``journal``: what
     that update recorded, or None). Returns dict(recovered=[...]) and, when that completed
     an interrupted update (nothing more to do), its take-over result and msg."""
+    if journal is not None and not _journal_of(journal, source.proc):
+        journal = None  # an update of another process that ran this VM's name: over with it
     saved_caps = journal['capabilities'] if journal else None
     outcome = _settle_others(src, source, switch, saved_caps, params, check_mode)
     if not check_mode and source.paths and 'msg' not in outcome:
@@ -72,6 +74,12 @@ def recover(src, source, switch, journal, params, check_mode):
     if restored:
         outcome['capabilities_restored'] = restored
     return outcome
+
+
+def _journal_of(journal, proc):
+    """Whether ``journal`` is of an update of ``proc``: as its source, or as its destination
+    (its command line names the update's temporary files)."""
+    return proc.pid == journal.get('source_pid') or any(proc.uses_file(path) for path in journal['temporaries'])
 
 
 def _settle_others(src, source, switch, saved_caps, params, check_mode):
@@ -129,7 +137,7 @@ def _settle_source(src, source, switch, journal, timeout):
 def _adopt_destination(src, source, switch, journal):
     """The process that runs the guest is the destination of an interrupted update, alone on
     its memory (the source is gone): give it the canonical names, and resume the guest when
-    the update had committed the switch and the guest ran before."""
+    it has the whole guest and the guest ran before."""
     status = src.execute('query-status')['status']
     incoming = src.execute('query-migrate').get('status')
     if status == 'inmigrate' or (status != 'running' and incoming != 'completed'):
@@ -141,7 +149,8 @@ def _adopt_destination(src, source, switch, journal):
                         journal.get('stray'), [], [], [tuple(f) for f in journal['forwards']],
                         journal['capabilities'])
     takeover.move_names()
-    resumed = status != 'running' and journal['phase'] == 'switching' and journal.get('was') == 'running'
+    # Alone on the memory, with the whole guest: no other process can run it again.
+    resumed = status != 'running' and journal.get('was') == 'running'
     if resumed:
         switch.commit()
         src.execute('cont')

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput
-from ansible_collections.liveupdate.qemu.plugins.module_utils._lock import UpdateLock
+from ansible_collections.liveupdate.qemu.plugins.module_utils._journal import Journal
+from ansible_collections.liveupdate.qemu.plugins.module_utils._lock import UpdateLock, lock_path
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import qemu_processes, users_of
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_binary import resolve_binary
 from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import Vm
@@ -58,6 +59,8 @@ class VmManager:
             return self._result(True, before, after, stale_files_removed=stale)
         if stale:
             self.vm.remove_files()
+        # A journal of an update of an earlier VM of this name is not this VM's.
+        Journal(lock_path(self.params['runtime_dir'], self.vm.paths.qmp_socket, '.journal')).clear()
         proc = self.vm.start(spec, self.params['timeout'])
         return self._result(True, before, after, proc, self.vm.run_status(self.params['timeout']),
                             stale_files_removed=stale)
@@ -99,11 +102,12 @@ class VmManager:
         if self.check_mode:
             return self._result(True, before, after, proc)
         # Never under a live update of the same VM: wait for it to end.
-        with UpdateLock(self.params['runtime_dir'], self.vm.paths.qmp_socket, self.params['shutdown_timeout']):
+        with UpdateLock(self.params['runtime_dir'], self.vm.paths.qmp_socket, self.params['shutdown_timeout']) as lock:
             proc = self.vm.process()
             method = self.vm.stop(proc, self.params['timeout'], self.params['shutdown_timeout']) if proc else None
             info = self.vm.info(proc, 'stopped')
             self.vm.remove_files()
+            Journal(lock.sibling('.journal')).clear()  # an interrupted update of the VM is over with it
         result = self._result(True, before, after, stop_method=method)
         result['vm'] = info
         return result
