@@ -407,7 +407,7 @@ class LiveUpdate:
                                step=self.step, rolled_back=False, changed=True, dest_pid=dest_pid, **details)
         if not process_alive(source.proc.pid):
             raise UpdateFailed('live update of VM %s failed at %s (%s): %s'
-                               % (source.name, self.step, exc, self._source_died(dest_pid, journal)),
+                               % (source.name, self.step, exc, self._source_died(pre, spawned, dest_pid, journal)),
                                step=self.step, rolled_back=False, dest_pid=dest_pid, **details)
         rolled_back = rollback(src, pre, dest_pid, self.switch, self.params['timeout'])
         if rolled_back:
@@ -418,14 +418,24 @@ class LiveUpdate:
                            step=self.step, rolled_back=rolled_back, **details)
 
     @staticmethod
-    def _source_died(dest_pid, journal):
+    def _source_died(pre, spawned, dest_pid, journal):
         """Before the switch, the source died: the guest lives on only in a destination that
-        holds its whole state (it never ran it). That one is kept for the next update."""
-        if dest_pid is not None and process_alive(dest_pid):
-            return ('the source QEMU died; destination pid %d is kept: the next live_update of this VM resumes the '
-                    'guest there if the migration had completed, else the guest is lost' % dest_pid)
+        received all of it (and never ran it). That one is kept for the next update; any
+        other is ended."""
+        try:
+            whole = spawned is not None and spawned.qmp.execute('query-migrate').get('status') == 'completed'
+        except LiveUpdateError:
+            whole = False
+        if whole and process_alive(dest_pid):
+            return ('the source QEMU died after the migration; destination pid %d holds the whole guest: the next '
+                    'live_update of this VM resumes it there' % dest_pid)
+        if dest_pid is not None:
+            kill_and_wait(dest_pid)
+        for path in pre.dest_files():
+            if os.path.exists(path):
+                os.unlink(path)
         journal.clear()
-        return 'the source QEMU died and there is no destination: the guest is lost, start the VM again'
+        return 'the source QEMU died before the guest had moved: the guest is lost, start the VM again'
 
     def _abandon_source(self, src, source, pre, dest_pid, journal):
         """Past the point of no return: the source must never run again. The destination, if

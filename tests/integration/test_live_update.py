@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from harness import guest_log, qemu_pids_under
+from harness import disk_records, guest_log, qemu_pids_under
 
 INSTALLED = '/usr/bin/qemu-system-x86_64'
 HTTP_PORT = 25880
@@ -45,18 +45,6 @@ def full_vm(ansible, guest_spec, old_qemu, disk_image):
 def http_boot_id():
     with urllib.request.urlopen('http://127.0.0.1:%d/' % HTTP_PORT, timeout=10) as reply:
         return reply.read().decode().strip()
-
-
-def disk_records(image, last):
-    """Records 1..last as the guest wrote them (read through a raw copy of the live image)."""
-    raw = image + '.raw'
-    subprocess.run(['qemu-img', 'convert', '-U', '-f', 'qcow2', '-O', 'raw', image, raw], check=True)
-    try:
-        with open(raw, 'rb') as handle:
-            data = handle.read((last + 1) * 512)
-    finally:
-        os.unlink(raw)
-    return [data[n * 512:(n + 1) * 512].decode('ascii', 'replace').split()[:3] for n in range(1, last + 1)]
 
 
 def assert_continuous(vm, since, boot_id):

@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from harness import guestlog
+from harness import disk_records, guestlog
 from operator_vm import SerialReader, StalledClient, free_tcp_port, peer_pid, unix_greeting
 
 INSTALLED = '/usr/bin/qemu-system-x86_64'
@@ -121,18 +121,6 @@ SHAPES = {
     'pc-smp2-qcow2-usernet-qga-vnc-serialfile': dict(DEVICES, machine='pc'),
     'pc-serialsocket-noclient': dict(machine='pc', serial='socket'),
 }
-
-
-def disk_records(image, last):
-    """Records 1..last as the guest wrote them (read through a raw copy of the live image)."""
-    raw = image + '.raw'
-    subprocess.run(['qemu-img', 'convert', '-U', '-f', 'qcow2', '-O', 'raw', image, raw], check=True)
-    try:
-        with open(raw, 'rb') as handle:
-            data = handle.read((last + 1) * 512)
-    finally:
-        os.unlink(raw)
-    return [data[n * 512:(n + 1) * 512].decode('ascii', 'replace').split()[:3] for n in range(1, last + 1)]
 
 
 @pytest.mark.parametrize('shape', list(SHAPES))
