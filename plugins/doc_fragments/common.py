@@ -5,8 +5,11 @@
 
 from __future__ import annotations
 
-# Options every module of the collection takes (module_utils/_module.py COMMON_ARGS).
-_COMMON_OPTIONS = r'''
+
+class ModuleDocFragment:
+    # Options every module of the collection takes (module_utils/_module.py COMMON_ARGS).
+    DOCUMENTATION = r'''
+options:
   runtime_dir:
     description:
       - Directory that holds one runtime directory per VM launched by M(liveupdate.qemu.vm)
@@ -19,10 +22,16 @@ _COMMON_OPTIONS = r'''
       - Seconds to wait for a QMP answer (greeting or command reply) before failing.
     type: float
     default: 10
+requirements:
+  - python >= 3.9
+  - qemu.qmp == 0.0.6 (on the hypervisor; the role C(liveupdate.qemu.hypervisor) installs it)
+notes:
+  - Modules run on the hypervisor, where the QMP sockets are.
 '''
 
-# Which QEMU to talk to, for the modules that talk to one (module_utils/_module.py QMP_TARGET_ARGS).
-_QMP_TARGET_OPTIONS = r'''
+    # For the modules that talk to one QEMU (module_utils/_module.py QMP_TARGET_ARGS).
+    QMP_TARGET = r'''
+options:
   socket:
     description:
       - Path of the unix QMP socket of the QEMU to talk to.
@@ -34,18 +43,3 @@ _QMP_TARGET_OPTIONS = r'''
       - Mutually exclusive with O(socket).
     type: str
 '''
-
-_REQUIREMENTS = r'''
-requirements:
-  - python >= 3.9
-  - qemu.qmp == 0.0.6 (on the hypervisor; the role C(liveupdate.qemu.hypervisor) installs it)
-notes:
-  - Modules run on the hypervisor, where the QMP sockets are.
-'''
-
-
-class ModuleDocFragment:
-    DOCUMENTATION = 'options:' + _COMMON_OPTIONS + _REQUIREMENTS
-
-    # The common options and the QMP target (socket or name) of one QEMU.
-    QMP = 'options:' + _COMMON_OPTIONS + _QMP_TARGET_OPTIONS + _REQUIREMENTS

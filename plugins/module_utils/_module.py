@@ -17,13 +17,13 @@ from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import (
 )
 from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import DEFAULT_RUNTIME_DIR, RuntimePaths
 
-# Mirrors plugins/doc_fragments/common.py (_COMMON_OPTIONS).
+# Mirrors plugins/doc_fragments/common.py (DOCUMENTATION).
 COMMON_ARGS = dict(
     runtime_dir=dict(type='path', default=DEFAULT_RUNTIME_DIR),
     timeout=dict(type='float', default=DEFAULT_TIMEOUT),
 )
 
-# Mirrors plugins/doc_fragments/common.py (_QMP_TARGET_OPTIONS): which QEMU to talk to.
+# Mirrors plugins/doc_fragments/common.py (QMP_TARGET): which QEMU to talk to.
 QMP_TARGET_ARGS = dict(
     socket=dict(type='path'),
     name=dict(type='str'),

@@ -30,7 +30,8 @@ seealso:
   - module: liveupdate.qemu.live_update
     description: Sets the capabilities a live update needs by itself, and gives the operator's back afterwards.
 extends_documentation_fragment:
-  - liveupdate.qemu.common.qmp
+  - liveupdate.qemu.common
+  - liveupdate.qemu.common.qmp_target
   - liveupdate.qemu.attributes
   - ansible.builtin.action_common_attributes
 '''

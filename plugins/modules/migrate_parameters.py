@@ -28,7 +28,8 @@ options:
 seealso:
   - module: liveupdate.qemu.migrate_capabilities
 extends_documentation_fragment:
-  - liveupdate.qemu.common.qmp
+  - liveupdate.qemu.common
+  - liveupdate.qemu.common.qmp_target
   - liveupdate.qemu.attributes
   - ansible.builtin.action_common_attributes
 '''

@@ -29,7 +29,8 @@ options:
     type: dict
     default: {}
 extends_documentation_fragment:
-  - liveupdate.qemu.common.qmp
+  - liveupdate.qemu.common
+  - liveupdate.qemu.common.qmp_target
   - liveupdate.qemu.attributes.no_diff
   - ansible.builtin.action_common_attributes
 attributes:
