@@ -33,7 +33,7 @@ from ansible_collections.liveupdate.qemu.plugins.module_utils._journal import Jo
 from ansible_collections.liveupdate.qemu.plugins.module_utils._locate import connect_source, locate, relocate
 from ansible_collections.liveupdate.qemu.plugins.module_utils._lock import UpdateLock
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import (
-    kill_and_wait, launch_detached, process_alive, take_fd, tap_fd_of, users_of,
+    kill_and_wait, launch_detached, process_alive, remove_files, take_fd, tap_fd_of, users_of,
 )
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_binary import probe_binary, resolve_binary
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_state import (
@@ -241,9 +241,7 @@ def rollback(src, pre, dest_pid, switch, timeout):
         kill_and_wait(dest_pid)
     for proc in users_of(pre.plan.pidfile):  # a destination that hung before writing its pidfile
         kill_and_wait(proc.pid)
-    for path in pre.dest_files():
-        if os.path.exists(path):
-            os.unlink(path)
+    remove_files(pre.dest_files())
     try:
         cancel_migration(src, timeout)
         if pre.vm['status'] == 'running' and src.execute('query-status')['status'] != 'running':
@@ -431,9 +429,7 @@ class LiveUpdate:
                     'live_update of this VM resumes it there' % dest_pid)
         if dest_pid is not None:
             kill_and_wait(dest_pid)
-        for path in pre.dest_files():
-            if os.path.exists(path):
-                os.unlink(path)
+        remove_files(pre.dest_files())
         journal.clear()
         return 'the source QEMU died before the guest had moved: the guest is lost, start the VM again'
 

@@ -41,24 +41,26 @@ def qmp_socket_of(proc, paths):
     return canonical_path(sockets[0]) if sockets else None
 
 
+def _twins(procs, canonical):
+    """The temporary twins (PATH.lu-TOKEN) of QMP socket ``canonical`` that exist and that
+    one of ``procs`` names on its command line: a destination not renamed yet."""
+    return [path for proc in procs for path in proc.cmdline.qmp_sockets()
+            if path != canonical and canonical_path(path) == canonical and os.path.exists(path)]
+
+
 def own_socket(proc, canonical):
     """The socket ``proc`` itself listens on for ``canonical``: its temporary twin while it is
     the destination of an update that has not renamed it (and the source still holds
     ``canonical``), else ``canonical``."""
-    for path in proc.cmdline.qmp_sockets():
-        if path != canonical and canonical_path(path) == canonical and os.path.exists(path):
-            return path
-    return canonical
+    return (_twins([proc], canonical) or [canonical])[0]
 
 
 def reachable_socket(canonical, proc):
-    """``canonical``, unless a temporary twin (PATH.lu-TOKEN) that ``proc`` (or, when not
-    known, any QEMU) names on its command line exists and nobody listens on ``canonical``:
-    the destination of an update interrupted before it renamed its sockets (the source
-    that left ``canonical`` may have quit, or been left behind)."""
-    candidates = [proc] if proc is not None else qemu_processes()
-    twins = [path for candidate in candidates for path in candidate.cmdline.qmp_sockets()
-             if path != canonical and canonical_path(path) == canonical and os.path.exists(path)]
+    """``canonical``, unless a temporary twin that ``proc`` (or, when not known, any QEMU)
+    listens on exists and nobody listens on ``canonical``: the destination of an update
+    interrupted before it renamed its sockets (the source that left ``canonical`` may have
+    quit, or been left behind)."""
+    twins = _twins([proc] if proc is not None else qemu_processes(), canonical)
     if twins and not socket_accepts(canonical):
         return twins[0]
     return canonical

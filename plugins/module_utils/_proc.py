@@ -109,6 +109,13 @@ def users_of(memory_file, exclude_pid=None):
     return [p for p in qemu_processes() if p.pid != exclude_pid and p.uses_file(memory_file)]
 
 
+def remove_files(paths):
+    """Remove those of ``paths`` that exist (files a QEMU left, or was to create)."""
+    for path in paths:
+        if os.path.lexists(path):
+            os.unlink(path)
+
+
 def process_alive(pid):
     """True while ``pid`` exists and is not a zombie."""
     try:

@@ -11,7 +11,7 @@ import os
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import canonical_path, is_on
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import UpdateFailed
-from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import kill_and_wait, qemu_processes
+from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import kill_and_wait, qemu_processes, remove_files
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_state import memory_backends, restore_capabilities
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPError, QMPSession
 from ansible_collections.liveupdate.qemu.plugins.module_utils._takeover import TakeOver, temporaries
@@ -48,8 +48,7 @@ def status_of(proc, skip_socket, timeout):
 def _discard(proc):
     """End a QEMU that must not run the guest, and remove its temporary files."""
     kill_and_wait(proc.pid)
-    for path in temporaries(proc):
-        os.unlink(path)
+    remove_files(temporaries(proc))
 
 
 def recover(src, source, switch, journal, params, check_mode):
@@ -120,9 +119,7 @@ def _settle_others(src, source, switch, saved_caps, params, check_mode):
 def _settle_source(src, source, switch, journal, timeout):
     """The source of an interrupted update runs alone (its destination is gone): remove the
     destination's files, and resume the guest unless the switch had been committed."""
-    for path in journal['temporaries']:
-        if os.path.exists(path) and canonical_path(path) != path:
-            os.unlink(path)
+    remove_files(journal['temporaries'])  # PATH.lu-TOKEN names and its migration socket
     cancel_migration(src, timeout)
     if src.execute('query-status')['status'] != 'postmigrate':
         return
