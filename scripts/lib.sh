@@ -4,7 +4,8 @@
 # Layout of a checkout once scripts/setup.sh has run (all ignored by git):
 #   .venv/                      controller + test tooling (requirements-dev.txt)
 #   .cache/guest/               the test guest (tools/build-guest.sh)
-#   .cache/qemu/                the oldest QEMU build, staged side by side (roles/qemu_build/files/stage-qemu.sh)
+#   .cache/qemu/                QEMU builds staged side by side (roles/qemu_build/files/stage-qemu.sh): the
+#                               oldest other 7.2 of Debian 12's own suites, and QEMU 10.0 of LU_NEW_QEMU_SUITE
 #   .build/liveupdate-qemu-*.tar.gz   the collection artifact (ansible-galaxy collection build)
 #   .build/collections/         that artifact installed (ANSIBLE_COLLECTIONS_PATH)
 #   .build/sanity/              the copy that ansible-test sanity runs in
@@ -16,6 +17,9 @@ LU_CACHE=$LU_ROOT/.cache
 LU_BUILD=$LU_ROOT/.build
 LU_ENV_SH=$LU_BUILD/env.sh
 LU_NAME=${LU_NAME:-$(basename "$0" .sh)}
+# Where the newer major QEMU for this release comes from: bookworm-backports carries QEMU 10.0
+# built for Debian 12 (setup.sh stages it; demo.sh updates to it).
+LU_NEW_QEMU_SUITE=bookworm-backports
 
 # Directories that hold no Python we want: pyenv shims, for one, answer `python3.9` with an
 # error instead of "not found", which confuses tools (ansible-test) that probe interpreters.

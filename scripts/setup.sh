@@ -5,16 +5,22 @@
 #   1. Debian packages (apt-get update only when a package is missing)
 #   2. .venv from requirements-dev.txt (rebuilt when that file or the interpreter changes)
 #   3. the test guest in .cache/guest (tools/build-guest.sh)
-#   4. the oldest QEMU build staged in .cache/qemu (roles/qemu_build/files/stage-qemu.sh)
-#   5. the collection built with `ansible-galaxy collection build` into .build/, that tarball
+#   4. an older QEMU 7.2 build staged in .cache/qemu (roles/qemu_build/files/stage-qemu.sh
+#      --oldest: the oldest other 7.2 of Debian 12's own suites; when they have none, the
+#      installed version itself, side by side)
+#   5. QEMU 10.0 staged in .cache/qemu, the newest of bookworm-backports (stage-qemu.sh --suite,
+#      which adds the suite to apt when missing); when the suite cannot be reached, a warning and
+#      no QEMU 10.0 (the demo then updates between 7.2 builds)
+#   6. the collection built with `ansible-galaxy collection build` into .build/, that tarball
 #      installed into .build/collections, and `ansible-doc` run on every module of it
-#   6. .build/env.sh, to `source` for PATH, ANSIBLE_COLLECTIONS_PATH, LIVEUPDATE_GUEST_DIR,
-#      LIVEUPDATE_OLD_QEMU and PYTHONPATH
+#   7. .build/env.sh, to `source` for PATH, ANSIBLE_COLLECTIONS_PATH, LIVEUPDATE_GUEST_DIR,
+#      LIVEUPDATE_OLD_QEMU, LIVEUPDATE_NEW_QEMU (empty without QEMU 10.0),
+#      LIVEUPDATE_NEW_QEMU_VERSION and PYTHONPATH
 #
 # Environment:
 #   LIVEUPDATE_PYTHON    interpreter for .venv (default /usr/bin/python3; must be >= 3.11)
-#   LIVEUPDATE_OLD_QEMU  only read when roles/qemu_build/files/stage-qemu.sh does not exist: the old
-#                        QEMU to use
+#   LIVEUPDATE_OLD_QEMU, LIVEUPDATE_NEW_QEMU  only read when roles/qemu_build/files/stage-qemu.sh
+#                        does not exist: the old and the new QEMU to use
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -100,22 +106,71 @@ build_guest() {
     GUEST_DIR=$LU_CACHE/guest
 }
 
+STAGE_QEMU=roles/qemu_build/files/stage-qemu.sh
+
+# The wrapper stage-qemu.sh printed last (its output: $1).
+staged_wrapper() {
+    local wrapper
+    wrapper=$(printf '%s\n' "$1" | awk 'NF { last = $0 } END { print last }')
+    [[ -n $wrapper && -x $wrapper ]] ||
+        die "$STAGE_QEMU printed no executable wrapper path (its output: ${1:-nothing})"
+    printf '%s\n' "$wrapper"
+}
+
 stage_old_qemu() {
-    if [[ ! -e roles/qemu_build/files/stage-qemu.sh ]]; then
+    if [[ ! -e $STAGE_QEMU ]]; then
         if [[ -n ${LIVEUPDATE_OLD_QEMU:-} && -x ${LIVEUPDATE_OLD_QEMU:-} ]]; then
-            log "WARNING: roles/qemu_build/files/stage-qemu.sh does not exist; using LIVEUPDATE_OLD_QEMU=$LIVEUPDATE_OLD_QEMU from the environment"
+            log "WARNING: $STAGE_QEMU does not exist; using LIVEUPDATE_OLD_QEMU=$LIVEUPDATE_OLD_QEMU from the environment"
             OLD_QEMU=$LIVEUPDATE_OLD_QEMU
             return
         fi
-        die "roles/qemu_build/files/stage-qemu.sh does not exist: the old QEMU build cannot be staged (or set LIVEUPDATE_OLD_QEMU to an executable QEMU)"
+        die "$STAGE_QEMU does not exist: the old QEMU build cannot be staged (or set LIVEUPDATE_OLD_QEMU to an executable QEMU)"
     fi
-    log "old QEMU: roles/qemu_build/files/stage-qemu.sh --oldest .cache/qemu"
-    local out
-    out=$(bash roles/qemu_build/files/stage-qemu.sh --oldest "$LU_CACHE/qemu")
-    OLD_QEMU=$(printf '%s\n' "$out" | awk 'NF { last = $0 } END { print last }')
-    [[ -n $OLD_QEMU && -x $OLD_QEMU ]] ||
-        die "roles/qemu_build/files/stage-qemu.sh printed no executable wrapper path (its output: ${out:-nothing})"
+    log "old QEMU: $STAGE_QEMU --oldest .cache/qemu"
+    local out rc=0 installed
+    out=$(bash "$STAGE_QEMU" --oldest "$LU_CACHE/qemu") || rc=$?
+    if ((rc == 3)); then
+        # Debian 12's suites carry one 7.2 build only, the installed one: a second copy of it, so
+        # that the tests still have another binary to move VMs between. It is the same version,
+        # so vm_info does not count a VM on it as outdated against /usr/bin.
+        installed=$(dpkg-query -W -f='${Version}' qemu-system-x86)
+        log "WARNING: Debian 12's suites have no 7.2 build but the installed $installed; staging that one side by side as the old QEMU"
+        out=$(bash "$STAGE_QEMU" "$installed" "$LU_CACHE/qemu/$(bash "$STAGE_QEMU" --safe-name "$installed")")
+    elif ((rc != 0)); then
+        die "$STAGE_QEMU --oldest failed (exit $rc, see above)"
+    fi
+    OLD_QEMU=$(staged_wrapper "$out")
     "$OLD_QEMU" --version | head -n1 | sed 's/^/[setup] old QEMU: /' >&2
+}
+
+# A field of stage-qemu.sh's --resolve JSON on stdin.
+json_field() {
+    python3 -c 'import json, sys; print(json.load(sys.stdin).get(sys.argv[1]) or "")' "$1" 2>/dev/null || true
+}
+
+stage_new_qemu() {
+    NEW_QEMU='' NEW_QEMU_VERSION='' NEW_QEMU_MISSING=''
+    if [[ ! -e $STAGE_QEMU ]]; then
+        NEW_QEMU=${LIVEUPDATE_NEW_QEMU:-} NEW_QEMU_VERSION=${LIVEUPDATE_NEW_QEMU_VERSION:-}
+        NEW_QEMU_MISSING="$STAGE_QEMU does not exist"
+        return
+    fi
+    log "new QEMU: $STAGE_QEMU --suite $LU_NEW_QEMU_SUITE --resolve latest"
+    local json version out
+    if ! json=$(bash "$STAGE_QEMU" --suite "$LU_NEW_QEMU_SUITE" --resolve latest); then
+        NEW_QEMU_MISSING="$(json_field error <<<"$json")"
+    else
+        version=$(json_field version <<<"$json")
+        log "new QEMU: $STAGE_QEMU $version .cache/qemu/$(json_field safe_name <<<"$json")"
+        if out=$(bash "$STAGE_QEMU" "$version" "$LU_CACHE/qemu/$(json_field safe_name <<<"$json")"); then
+            NEW_QEMU=$(staged_wrapper "$out")
+            NEW_QEMU_VERSION=$version
+            "$NEW_QEMU" --version | head -n1 | sed 's/^/[setup] new QEMU: /' >&2
+            return
+        fi
+        NEW_QEMU_MISSING="staging $version failed (see above)"
+    fi
+    log "WARNING: no QEMU from $LU_NEW_QEMU_SUITE: ${NEW_QEMU_MISSING:-see above}. LIVEUPDATE_NEW_QEMU stays empty; the demo updates between 7.2 builds instead"
 }
 
 # sha256 over the names and contents of the files git would ship (tracked and untracked but not
@@ -183,6 +238,10 @@ export ANSIBLE_COLLECTIONS_PATH="$LU_BUILD/collections"
 export PYTHONPATH="$LU_BUILD/collections"
 export LIVEUPDATE_GUEST_DIR="$GUEST_DIR"
 export LIVEUPDATE_OLD_QEMU="$OLD_QEMU"
+# QEMU 10.0 from $LU_NEW_QEMU_SUITE, staged side by side, and its Debian version: both empty when
+# the suite could not be reached.
+export LIVEUPDATE_NEW_QEMU="$NEW_QEMU"
+export LIVEUPDATE_NEW_QEMU_VERSION="$NEW_QEMU_VERSION"
 EOF
     mv "$tmp" "$LU_ENV_SH"
     log "wrote .build/env.sh"
@@ -193,6 +252,10 @@ lu_stage venv make_venv
 export PATH=$LU_VENV/bin:$PATH VIRTUAL_ENV=$LU_VENV
 lu_stage guest build_guest
 lu_stage old-qemu stage_old_qemu
+lu_stage new-qemu stage_new_qemu
 lu_stage collection build_collection
 write_env
 lu_summary
+if [[ -z $NEW_QEMU ]]; then
+    log "WARNING: no QEMU 10.0 ($LU_NEW_QEMU_SUITE: ${NEW_QEMU_MISSING:-not staged}); LIVEUPDATE_NEW_QEMU is empty"
+fi

@@ -216,6 +216,12 @@ class QemuCommandLine:
                     paths.append(sockets[opts.get('chardev')])
         return [p for p in paths if p]
 
+    def qom_types(self):
+        """The device and object types that -device and -object create."""
+        types = [o.get('driver', implied='driver') for o in self.opts('device')]
+        types += [o.get('qom-type', implied='qom-type') for o in self.opts('object')]
+        return sorted(set(t for t in types if t and t != 'help'))
+
     def memory_backends(self):
         """The -object memory-backend-* definitions as dicts (qom-type, id, ...)."""
         backends = []

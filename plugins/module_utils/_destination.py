@@ -17,7 +17,7 @@ before anything starts (see docs/live-update.md):
 - the machine type: pinned to what the source resolved (``pc`` -> ``pc-i440fx-7.2``);
 - TCP listeners, stdio, ptys, ``-snapshot``: refused.
 
-The destination always starts with ``-S -incoming defer`` and without ``-daemonize``
+The destination always starts with ``-S``, the transfer mode's ``-incoming`` and without ``-daemonize``
 (the engine starts it detached, keeping its output: see _proc.launch_detached). It stays paused
 after the migration until the engine sends ``cont``, which is what makes the
 point of no return an explicit step of the engine.
@@ -137,9 +137,10 @@ def console_sockets(options):
     return [path for index, path in enumerate(found) if path and path not in found[:index]]
 
 
-def plan_destination(source_argv, control_socket, machine_type, token):
+def plan_destination(source_argv, control_socket, machine_type, token, incoming=(('incoming', 'defer'),)):
     """Rewrite ``source_argv`` for a destination; ``control_socket`` is the canonical
-    QMP socket the engine talks to (the destination gets its temporary twin)."""
+    QMP socket the engine talks to (the destination gets its temporary twin); ``incoming``:
+    the transfer mode's -incoming options."""
     source = QemuCommandLine.parse(source_argv)
     plan = DestinationPlan(token)
     plan.downscripts = tap_downscripts(source_argv)
@@ -193,7 +194,7 @@ def plan_destination(source_argv, control_socket, machine_type, token):
     plan.pidfile = temp_path(plan.canonical_pidfile or control_socket + '.pid', token)
     if plan.canonical_pidfile:
         plan.renames.append((plan.pidfile, plan.canonical_pidfile))
-    plan.options += [('pidfile', plan.pidfile), ('S', None), ('incoming', 'defer')]
+    plan.options += [('pidfile', plan.pidfile), ('S', None)] + list(incoming)
     return plan
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 
-from ansible_collections.liveupdate.qemu.plugins.module_utils._eligibility import eligibility, outdated_reasons
+from ansible_collections.liveupdate.qemu.plugins.module_utils._eligibility import (
+    TRANSFER_MODES, eligibility, outdated_reasons, transfer_modes,
+)
 from ansible_collections.liveupdate.qemu.plugins.module_utils._journal import Journal
 from ansible_collections.liveupdate.qemu.plugins.module_utils._locate import managed_paths, own_socket, qmp_socket_of
 from ansible_collections.liveupdate.qemu.plugins.module_utils._lock import lock_path
@@ -54,7 +56,15 @@ def inspect(proc, runtime_dir, target_binary=None, timeout=5.0, version_cache=No
             vm['qmp_error'] = str(exc)
     vm['outdated_reasons'] = outdated_reasons(vm)
     vm['outdated'] = bool(vm['outdated_reasons'])
-    vm['ineligible_reasons'] = (['QMP: %s' % vm['qmp_error']] if vm['qmp_error'] else eligibility(vm))
+    if vm['qmp_error']:
+        vm['transfer_modes'], vm['transfer_mode'] = {}, None
+        vm['ineligible_reasons'] = ['QMP: %s' % vm['qmp_error']]
+    else:
+        # Against the target's version (its capabilities are only known to live_update's probe).
+        modes = transfer_modes(vm, vm['target'] or vm['running'])
+        vm['transfer_modes'] = modes
+        vm['transfer_mode'] = next((m for m in TRANSFER_MODES[:2] if not modes[m]), None)
+        vm['ineligible_reasons'] = eligibility(vm, modes)
     vm['eligible'] = not vm['ineligible_reasons']
     return vm
 

@@ -81,9 +81,12 @@ class ChardevDrain:
         return dict(self.received)
 
     def stop(self):
+        """Close every client; returns counts(). A second call only returns them."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if self._selector.get_map() is None:  # closed by an earlier stop()
+            return self.counts()
         for key in list(self._selector.get_map().values()):
             self._selector.unregister(key.fileobj)
             key.fileobj.close()

@@ -11,7 +11,16 @@ A ``vm`` here is the dict of _qemu_state.query_vm (plus ``binary`` and
 
 from __future__ import annotations
 
+import re
+
 UPDATABLE_STATES = ('running', 'paused')
+# The transfer modes, in the order 'auto' prefers them: QEMU's own CheckPoint-Restart (RAM stays
+# mapped, handed to the new process as file descriptors), then x-ignore-shared (RAM stays in its
+# named shared file), then a full copy of the RAM (only when asked).
+TRANSFER_MODES = ('cpr-transfer', 'x-ignore-shared', 'full-copy')
+CPR_TRANSFER_FROM = (10, 0)
+CPR_BACKENDS = ('memory-backend-file', 'memory-backend-memfd')
+MACHINE_VERSION_RE = re.compile(r'-\d+\.\d+(\.\d+)?$')
 IDLE_MIGRATION_STATES = ('none', 'completed', 'failed', 'cancelled')
 # Before 9.0 a source under TCG can lose guest writes while it copies RAM (QEMU commit "physmem: Fix
 # migration dirty bitmap coherency with TCG memory access"); seen here as guests corrupted by full copies.
@@ -52,18 +61,55 @@ def memory_reasons(vm):
     return reasons
 
 
+def version_tuple(version):
+    return tuple(int(part) for part in version.split('.')[:2])
+
+
+def cpr_transfer_reasons(vm, target_version):
+    """Why ``vm`` cannot move onto a QEMU of ``target_version`` with cpr-transfer."""
+    reasons = []
+    for who, version in (('this VM', vm['running']['version']), ('the target', target_version)):
+        if version_tuple(version) < CPR_TRANSFER_FROM:
+            reasons.append('%s runs QEMU %s; cpr-transfer needs %d.%d or later' % ((who, version) + CPR_TRANSFER_FROM))
+    backends = vm['memory_backends']
+    for b in backends:
+        if b['type'] not in CPR_BACKENDS or not b['share']:
+            reasons.append('memory backend %s is %s%s; cpr-transfer needs share=on memfd or file backends'
+                           % (b['id'], b['type'], '' if b['share'] else ',share=off'))
+    if sum(b['size'] for b in backends) < vm['ram_size']:
+        reasons.append('part of guest RAM is anonymous memory, not a memory backend')
+    if vm.get('aux_ram_share') is False:
+        reasons.append('-machine aux-ram-share is off: ROM and video RAM would not be shared')
+    return reasons
+
+
+def transfer_modes(vm, target):
+    """{mode: reasons it cannot be used} for moving ``vm`` onto ``target`` (a probe, or vm_info's
+    {'version', ...} of the target binary: capabilities unknown are assumed present)."""
+    caps = target.get('capabilities')
+    ignore_shared = memory_reasons(vm)
+    if caps is not None and 'x-ignore-shared' not in caps:  # then a probe, with a path
+        ignore_shared.append('target binary %s has no x-ignore-shared migration capability' % target['path'])
+    return {'cpr-transfer': cpr_transfer_reasons(vm, target['version']), 'x-ignore-shared': ignore_shared,
+            'full-copy': full_copy_risks(vm)}
+
+
 def full_copy_risks(vm):
     """Why copying the RAM of ``vm`` (a full-copy migration) could corrupt its guest."""
-    version = tuple(int(part) for part in vm['running']['version'].split('.')[:2])
-    if vm['kvm'] or version >= TCG_FULL_COPY_SAFE_FROM:
+    if vm['kvm'] or version_tuple(vm['running']['version']) >= TCG_FULL_COPY_SAFE_FROM:
         return []
     return ['a RAM copy from QEMU %s under TCG can lose guest writes (QEMU bug fixed in 9.0)'
             % vm['running']['version']]
 
 
-def eligibility(vm):
-    """Reasons why ``vm`` cannot get a device-state-only live update (empty: eligible)."""
-    return state_reasons(vm) + memory_reasons(vm)
+def eligibility(vm, modes=None):
+    """Reasons why ``vm`` cannot get a device-state-only live update (empty: eligible);
+    ``modes``: transfer_modes() for its target (by default vm_info's ``target``, else itself)."""
+    modes = modes or transfer_modes(vm, vm.get('target') or vm['running'])
+    reasons = state_reasons(vm)
+    if modes['cpr-transfer'] and modes['x-ignore-shared']:
+        reasons += modes['x-ignore-shared']
+    return reasons
 
 
 def outdated_reasons(vm):
@@ -86,17 +132,52 @@ def runs_target(vm, binary_state, target):
             and (vm['running']['version'], vm['running']['package']) == (target['version'], target['package']))
 
 
-def update_refusals(vm, target, allow_full_copy=False, force=False):
-    """(reasons the update of ``vm`` onto ``target`` is refused, whether it would copy RAM)."""
-    reasons = state_reasons(vm)
-    copy_reasons = memory_reasons(vm)
-    full_copy = bool(copy_reasons)
-    if full_copy and not allow_full_copy:
-        reasons += copy_reasons
-    elif full_copy and not force:
-        reasons += ['%s; force: true copies anyway' % risk for risk in full_copy_risks(vm)]
-    if not full_copy and 'x-ignore-shared' not in target['capabilities']:
-        reasons.append('target binary %s has no x-ignore-shared migration capability' % target['path'])
+def compatibility_reasons(vm, target, missing_types=()):
+    """What of ``vm`` the ``target`` binary (a probe) would not load: its machine type, the device
+    and object types of its command line that the target lacks (``missing_types``) and the
+    migration capabilities its operator turned on. Across major versions these are what differ."""
+    reasons = []
     if vm['machine'] not in target['machines']:
-        reasons.append('target binary %s does not know machine type %s' % (target['path'], vm['machine']))
-    return reasons, full_copy
+        hint = ''
+        if version_tuple(target['version']) < version_tuple(vm['running']['version']):
+            older = '%s-%d.%d' % ((MACHINE_VERSION_RE.sub('', vm['machine']),) + version_tuple(target['version']))
+            hint = ('; a downgrade needs a machine type both builds have: start VMs with the machine type of the '
+                    'oldest QEMU they may go back to (e.g. -machine %s)' % older)
+        reasons.append('target binary %s (QEMU %s) does not know machine type %s%s'
+                       % (target['path'], target['version'], vm['machine'], hint))
+    if missing_types:
+        reasons.append('target binary %s (QEMU %s) has no device or object type %s'
+                       % (target['path'], target['version'], ', '.join(missing_types)))
+    lost = sorted(name for name, on in vm['capabilities'].items() if on and name not in target['capabilities'])
+    if lost:
+        reasons.append('target binary %s (QEMU %s) has no migration capability %s, which this VM has on'
+                       % (target['path'], target['version'], ', '.join(lost)))
+    return reasons
+
+
+def choose_mode(vm, target, requested='auto', allow_full_copy=False, force=False):
+    """(reasons the update of ``vm`` onto ``target`` is refused, the transfer mode to use).
+    ``requested``: a mode of TRANSFER_MODES, or 'auto' (the first that is possible; a full copy
+    only with ``allow_full_copy``)."""
+    modes = transfer_modes(vm, target)
+    if requested == 'auto':
+        mode = next((m for m in TRANSFER_MODES[:2] if not modes[m]), None)
+        if mode is None and allow_full_copy:
+            mode = 'full-copy'
+        if mode is None:
+            cpr = [] if version_tuple(vm['running']['version']) < CPR_TRANSFER_FROM else modes['cpr-transfer']
+            return modes['x-ignore-shared'] + ['cpr-transfer: %s' % r for r in cpr], None
+    else:
+        mode = requested
+    reasons = list(modes[mode])
+    if mode == 'full-copy' and force:
+        reasons = []
+    elif mode == 'full-copy':
+        reasons = ['%s; force: true copies anyway' % risk for risk in reasons]
+    return reasons, mode
+
+
+def update_refusals(vm, target, missing_types=(), requested='auto', allow_full_copy=False, force=False):
+    """(reasons the update of ``vm`` onto ``target`` is refused, the transfer mode)."""
+    reasons, mode = choose_mode(vm, target, requested, allow_full_copy, force)
+    return state_reasons(vm) + reasons + compatibility_reasons(vm, target, missing_types), mode

@@ -11,12 +11,17 @@ list of ``POINT:ACTION``. Points, in order: ``spawned`` (destination listening),
 ``committed`` (switch recorded, before ``cont``), ``switched`` (guest runs on the
 destination), ``source-stopped`` (before the names move), ``finished``. Actions:
 ``kill-module``, ``kill-source``, ``stop-source``, ``kill-dest``, ``stop-dest``
-(SIGSTOP: a freeze). Unset, it costs one dictionary lookup per point."""
+(SIGSTOP: a freeze). A fault has happened when fault_point() returns: the process is dead or
+frozen, as it would be had it crashed or hung at that boundary (a signal alone takes effect
+whenever the process is next scheduled). Unset, it costs one dictionary lookup per point."""
 
 from __future__ import annotations
 
 import os
 import signal
+
+from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import process_state
+from ansible_collections.liveupdate.qemu.plugins.module_utils._wait import WaitTimeout, wait_for
 
 ENV = 'LIVEUPDATE_QEMU_FAULTS'
 ACTIONS = {
@@ -41,4 +46,9 @@ def fault_point(point, source_pid=None, dest_pid=None):
                 try:
                     os.kill(pids[target], sig)
                 except ProcessLookupError:
-                    pass  # already gone: the fault is moot
+                    continue  # already gone: the fault is moot
+                done = ('T', 't', None) if sig == signal.SIGSTOP else (None, 'Z', 'X')
+                try:
+                    wait_for(lambda: process_state(pids[target]) in done, 5, 'the fault to take effect')
+                except WaitTimeout:
+                    pass

@@ -27,24 +27,26 @@ from ansible_collections.liveupdate.qemu.plugins.module_utils._destination impor
 from ansible_collections.liveupdate.qemu.plugins.module_utils._drain import ChardevDrain
 from ansible_collections.liveupdate.qemu.plugins.module_utils._eligibility import runs_target, update_refusals
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import LiveUpdateError, UpdateFailed
-from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import canonical_path
+from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import canonical_path, temp_path
 from ansible_collections.liveupdate.qemu.plugins.module_utils._faults import fault_point
 from ansible_collections.liveupdate.qemu.plugins.module_utils._journal import Journal
 from ansible_collections.liveupdate.qemu.plugins.module_utils._locate import connect_source, locate, relocate
 from ansible_collections.liveupdate.qemu.plugins.module_utils._lock import UpdateLock
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import (
-    kill_and_wait, launch_detached, process_alive, remove_files, take_fd, tap_fd_of, users_of,
+    kill_and_wait, launch_detached, process_alive, process_state, remove_files, take_fd, tap_fd_of, users_of,
 )
-from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_binary import probe_binary, resolve_binary
+from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_binary import (
+    missing_types, probe_binary, resolve_binary,
+)
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_state import (
-    event_time, host_forwards, query_vm, set_capabilities,
+    MIGRATION_END, event_time, host_forwards, query_vm, set_capabilities,
 )
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPSession
 from ansible_collections.liveupdate.qemu.plugins.module_utils._recovery import recover
 from ansible_collections.liveupdate.qemu.plugins.module_utils._takeover import TakeOver
-from ansible_collections.liveupdate.qemu.plugins.module_utils._transfer import cancel_migration, choose_transfer
+from ansible_collections.liveupdate.qemu.plugins.module_utils._transfer import cancel_migration, transfer_for
 from ansible_collections.liveupdate.qemu.plugins.module_utils._verify import verify_guest
-from ansible_collections.liveupdate.qemu.plugins.module_utils._wait import WaitTimeout, wait_for
+from ansible_collections.liveupdate.qemu.plugins.module_utils._wait import wait_for
 
 
 class Switch:
@@ -82,8 +84,11 @@ class Preflight:
 
     @property
     def source_caps(self):
-        """The source's own values of the capabilities the transfer changes."""
-        return self.transfer.source_capabilities(self.vm['capabilities'])
+        """The operator's capabilities: the source's values of those the transfer changes, and
+        those the operator turned on (the destination gets them all after the switch)."""
+        caps = dict((name, True) for name, on in self.vm['capabilities'].items() if on)
+        caps.update(self.transfer.source_capabilities(self.vm['capabilities']))
+        return caps
 
     @property
     def stray(self):
@@ -106,6 +111,26 @@ class Spawned:
     log_path: str
     log_start: int
     drain: ChardevDrain
+    child: object
+
+    def connect(self, timeout):
+        """Connect to the destination's monitor and attach to its consoles (before the
+        migration loads the devices: see _drain)."""
+        try:
+            # With cpr-transfer the monitor's socket appears only once the new QEMU has read
+            # the source's state; connect(starting=True) covers a socket not yet listening.
+            wait_for(lambda: os.path.exists(self.qmp.path) or self.child.poll() is not None, timeout,
+                     'the new QEMU to create its QMP socket %s' % self.qmp.path, interval=0.002)
+            self.qmp.connect(starting=True)
+            self.drain.start().wait_accepted(self.qmp, timeout)
+        except LiveUpdateError as exc:
+            self.drain.stop()
+            self.qmp.close()
+            if self.child.poll() is not None:  # it listened, then failed to build the machine
+                raise UpdateFailed('QEMU exited with code %d at start: %s' % (self.child.returncode, self.output()
+                                                                              or '(no output)'), step='spawn')
+            exc.details['dest_pid'] = self.pid  # for the rollback: the process runs, whatever its QMP does
+            raise
 
     def output(self):
         """What the destination wrote to its log since it was launched."""
@@ -137,15 +162,20 @@ def preflight(src, source, target, probe, params):
     if runs_target(vm, source.proc.binary_state(), probe) and not params['force']:
         learnt['msg'] = 'VM %s already runs QEMU %s (%s)' % (source.name, probe['version'], probe['package'])
         return None, learnt
-    reasons, full_copy = update_refusals(vm, probe, params['allow_full_copy'], params['force'])
+    reasons, mode = update_refusals(vm, probe, missing_types(probe, source.proc.cmdline.qom_types()),
+                                    params['transfer_mode'], params['allow_full_copy'], params['force'])
     if reasons:
         raise UpdateFailed('cannot live-update VM %s: %s' % (source.name, '; '.join(reasons)),
                            step='preflight', rolled_back=True, reasons=reasons, **learnt)
-    plan = plan_destination(source.proc.argv, source.qmp_socket, vm['machine'], secrets.token_hex(4))
+    transfer = transfer_for(mode)
+    token = secrets.token_hex(4)
+    plan = plan_destination(source.proc.argv, source.qmp_socket, vm['machine'], token,
+                            transfer.incoming_options(temp_path(source.qmp_socket, token)))
     forwards = host_forwards(src) if source.proc.cmdline.has('netdev') else []
-    learnt['plan'] = dict(plan.as_dict(target), host_forwards=[list(f) for f in forwards], full_copy=full_copy,
-                          was=vm['status'])
-    return Preflight(vm, probe, plan, forwards, choose_transfer(full_copy)), learnt
+    learnt['transfer_mode'] = mode
+    learnt['plan'] = dict(plan.as_dict(target), host_forwards=[list(f) for f in forwards], transfer_mode=mode,
+                          full_copy=transfer.full_copy, was=vm['status'])
+    return Preflight(vm, probe, plan, forwards, transfer), learnt
 
 
 def spawn(source, pre, target, log_path, timeout):
@@ -160,31 +190,21 @@ def spawn(source, pre, target, log_path, timeout):
             fds.append(take_fd(source.proc.pid, fd))
         argv = pre.plan.argv(target, fds)
         log_start = os.path.getsize(log_path) if os.path.exists(log_path) else 0
-        child = launch_detached(argv, log_path, lambda: os.path.exists(pre.plan.qmp_socket), pass_fds=fds,
-                                cwd=source.proc.cwd())
+        ready = pre.transfer.ready_path(pre.plan.qmp_socket)
+        child = launch_detached(argv, log_path, lambda: os.path.exists(ready), pass_fds=fds, cwd=source.proc.cwd())
     finally:
         for fd in fds:
             os.close(fd)
-    pid = child.pid
-    spawned = Spawned(pid, argv, QMPSession(pre.plan.qmp_socket, timeout), log_path, log_start,
-                      ChardevDrain(pre.plan.console_sockets))
-    try:
-        spawned.qmp.connect(starting=True)
-        spawned.drain.start().wait_accepted(spawned.qmp, timeout)  # before the migration loads the devices
-    except LiveUpdateError as exc:
-        spawned.drain.stop()
-        spawned.qmp.close()
-        if child.poll() is not None:  # it listened, then failed to build the machine
-            raise UpdateFailed('QEMU exited with code %d at start: %s' % (child.returncode, spawned.output()
-                                                                          or '(no output)'), step='spawn')
-        exc.details['dest_pid'] = pid  # for the rollback: the process runs, whatever its QMP does
-        raise
-    fault_point('spawned', source.proc.pid, pid)
+    spawned = Spawned(child.pid, argv, QMPSession(pre.plan.qmp_socket, timeout), log_path, log_start,
+                      ChardevDrain(pre.plan.console_sockets), child)
+    if pre.transfer.monitor_before_migrate:
+        spawned.connect(timeout)
+    fault_point('spawned', source.proc.pid, child.pid)
     return spawned
 
 
 def migrate(src, source, spawned, pre, timeout):
-    pre.transfer.run(src, spawned.qmp, pre.plan.qmp_socket, timeout, spawned.output,
+    pre.transfer.run(src, spawned, pre.plan.qmp_socket, timeout,
                      started=lambda: fault_point('migrating', source.proc.pid, spawned.pid))
     fault_point('migrated', source.proc.pid, spawned.pid)
 
@@ -192,23 +212,25 @@ def migrate(src, source, spawned, pre, timeout):
 def switch_over(src, source, spawned, pre, switch, timeout):
     """Commit the switch and run the guest on the destination. Returns Switched."""
     dest = spawned.qmp
-    # The destination can report the migration complete while the source is still
-    # finishing its side (finish-migrate): wait for the source to settle.
-    try:
-        status = wait_for(lambda: _settled_status(src), timeout, 'the source to leave finish-migrate', interval=0.001)
-    except WaitTimeout:
-        status = 'finish-migrate'
-    if status != 'postmigrate':
-        raise UpdateFailed('source is %s after the migration, not postmigrate' % status, step='switch')
     was_running = pre.vm['status'] == 'running'
-    # A destination that is gone, frozen or not holding the migrated guest never ran it: the
-    # source may go on. Asked now, not assumed, because past the commit it may not.
-    if not process_alive(spawned.pid):
-        raise UpdateFailed('the destination (pid %d) exited before the switch: %s'
-                           % (spawned.pid, spawned.output() or 'no message'), step='switch')
-    dest_status = dest.execute('query-status')['status']
-    if dest_status != 'paused':
-        raise UpdateFailed('the destination is %s after the migration, not paused' % dest_status, step='switch')
+    # The destination can report the migration complete while the source is still finishing
+    # its side: the source must have completed it too, or a failure there would resume the guest
+    # on the source. Told by the source's own events, already received: the guest is paused, and
+    # a QMP round trip costs a millisecond of it.
+    stop = src.wait_event('STOP', timeout) if was_running else None
+    ended = src.wait_event('MIGRATION', timeout, lambda e: e['data']['status'] in MIGRATION_END)['data']['status']
+    if ended != 'completed':
+        raise UpdateFailed('the source reports the migration %s' % ended, step='switch')
+    # A destination that is gone or frozen never ran the guest: the source may go on. Asked
+    # now, not assumed, because past the commit it may not. It holds the guest, paused (-S):
+    # it said so with its MIGRATION completed event (see migrate). Both through /proc: no round trip.
+    for pid, what in ((source.proc.pid, 'source'), (spawned.pid, 'destination')):
+        state = process_state(pid)
+        if state in (None, 'Z', 'X', 'T', 't'):
+            raise UpdateFailed('the %s (pid %d) %s after the migration%s'
+                               % (what, pid, 'is stopped' if state in ('T', 't') else 'exited',
+                                  ': ' + (spawned.output() or 'no message') if what == 'destination' else ''),
+                               step='switch')
     switch.commit(spawned.pid)
     fault_point('committed', source.proc.pid, spawned.pid)
     if was_running:
@@ -217,21 +239,15 @@ def switch_over(src, source, spawned, pre, switch, timeout):
     stats = src.execute('query-migrate')
     migration = dict(total_time_ms=stats.get('total-time'), downtime_ms=stats.get('downtime'),
                      setup_time_ms=stats.get('setup-time'), bytes=stats.get('ram', {}).get('transferred'),
-                     full_copy=pre.transfer.full_copy)
+                     full_copy=pre.transfer.full_copy, mode=pre.transfer.mode)
     pause = None
     if was_running:
-        stop = src.wait_event('STOP', timeout)
         pause = round((event_time(resume) - event_time(stop)) * 1000, 3)
     # The destination keeps the source's capabilities: x-ignore-shared left on
     # would drop guest RAM from a later migration to another host.
     set_capabilities(dest, pre.source_caps)
     fault_point('switched', source.proc.pid, spawned.pid)
     return Switched(dest.execute('query-status')['status'], migration, pause)
-
-
-def _settled_status(src):
-    status = src.execute('query-status')['status']
-    return None if status == 'finish-migrate' else status
 
 
 def rollback(src, pre, dest_pid, switch, timeout):
@@ -244,6 +260,7 @@ def rollback(src, pre, dest_pid, switch, timeout):
     remove_files(pre.dest_files())
     try:
         cancel_migration(src, timeout)
+        pre.transfer.restore_source(src, pre.vm)
         if pre.vm['status'] == 'running' and src.execute('query-status')['status'] != 'running':
             switch.resume_source(src, dest_pid)
         set_capabilities(src, pre.source_caps)
@@ -336,7 +353,7 @@ class LiveUpdate:
         started = time.monotonic()
         # Before anything changes: what a successor needs to undo it (see _journal).
         journal.write(phase='spawning', source_pid=source.proc.pid, was=pre.vm['status'],
-                      capabilities=pre.source_caps, temporaries=pre.dest_files(), renames=pre.plan.renames,
+                      capabilities=pre.source_caps, migration_mode=pre.vm['migration_mode'], temporaries=pre.dest_files(), renames=pre.plan.renames,
                       stray=pre.stray, forwards=pre.forwards, dest_pid=None)
         try:
             spawned = self._timed('spawn', spawn, source, pre, target, log_path, params['timeout'])
@@ -354,6 +371,7 @@ class LiveUpdate:
         """Migrate, switch and finish: the guest runs on ``spawned`` under the VM's names."""
         params = self.params
         try:
+            journal.prepare(phase='switching', dest_pid=spawned.pid)  # the commit is then a rename
             self._timed('migrate', migrate, src, source, spawned, pre, params['migration_timeout'])
             switched = self._timed('switch', switch_over, src, source, spawned, pre, self.switch, params['timeout'])
         except (LiveUpdateError, OSError) as exc:

@@ -14,7 +14,7 @@ from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import ca
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import QemuProcess, process_alive, qemu_processes
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import check_socket_path, socket_accepts
-from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import RuntimePaths, Vm
+from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import RuntimePaths, Vm, runs_vm
 
 
 def managed_paths(proc, runtime_dir):
@@ -27,7 +27,7 @@ def managed_paths(proc, runtime_dir):
     except InvalidInput:  # a -name that no VM of ours could have
         return None
     state = paths.read_state()
-    if state and state.get('memory_file') and proc.uses_file(state['memory_file']):
+    if state and runs_vm(proc, paths, state):
         return paths
     return None
 

@@ -116,14 +116,18 @@ def remove_files(paths):
             os.unlink(path)
 
 
-def process_alive(pid):
-    """True while ``pid`` exists and is not a zombie."""
+def process_state(pid):
+    """The state letter of ``pid`` in /proc (R, S, D, T, ...), or None when it is gone."""
     try:
         with open('/proc/%d/stat' % pid) as handle:
-            state = handle.read().rsplit(')', 1)[1].split()[0]
+            return handle.read().rsplit(')', 1)[1].split()[0]
     except (OSError, IndexError):
-        return False
-    return state not in ('Z', 'X')
+        return None
+
+
+def process_alive(pid):
+    """True while ``pid`` exists and is not a zombie."""
+    return process_state(pid) not in (None, 'Z', 'X')
 
 
 def wait_gone(pid, timeout):

@@ -53,24 +53,11 @@ def binary_version(path, cache=None):
 
 def probe_binary(path, timeout=30):
     """Start ``path`` with no machine and ask it over QMP on stdio what it supports:
-    {'path', 'version', 'package', 'capabilities': [...], 'machines': [...]}."""
+    {'path', 'version', 'package', 'capabilities': [...], 'machines': [...], 'types': {}}
+    (``types``: the cache of missing_types)."""
     commands = [('qmp_capabilities', None), ('query-version', None), ('query-migrate-capabilities', None),
-                ('query-machines', None), ('quit', None)]
-    script = ''.join(json.dumps({'execute': c, 'id': i}) + '\n' for i, (c, dummy) in enumerate(commands))
-    argv = [path, '-machine', 'none', '-nodefaults', '-display', 'none', '-S', '-qmp', 'stdio']
-    try:
-        proc = subprocess.run(argv, input=script, capture_output=True, text=True, errors='replace', timeout=timeout,
-                              check=False)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise InvalidInput('target binary %s cannot run: %s' % (path, exc))
-    replies = {}
-    for line in proc.stdout.splitlines():
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(msg, dict) and 'return' in msg and 'id' in msg:
-            replies[msg['id']] = msg['return']
+                ('query-machines', None)]
+    proc, replies = _ask(path, commands, timeout)
     if not all(i in replies for i in (1, 2, 3)):
         raise InvalidInput('target binary %s did not answer QMP queries (exit %s): %s'
                            % (path, proc.returncode, (proc.stderr or proc.stdout).strip()[-500:]))
@@ -90,4 +77,39 @@ def _probe_result(path, replies):
             machines.add(machine['alias'])
     return dict(path=path, version='%d.%d.%d' % (version['major'], version['minor'], version['micro']),
                 package=normalize_package(replies[1].get('package')),
-                capabilities=sorted(c['capability'] for c in replies[2]), machines=sorted(machines))
+                capabilities=sorted(c['capability'] for c in replies[2]), machines=sorted(machines), types={})
+
+
+def _ask(path, commands, timeout):
+    """Run ``path`` with no machine and send it ``commands`` [(command, arguments)] over QMP on
+    stdio; returns (the finished process, {index of a command: its return value})."""
+    script = ''.join(json.dumps(dict({'execute': c, 'id': i}, **({'arguments': a} if a else {}))) + '\n'
+                     for i, (c, a) in enumerate(commands + [('quit', None)]))
+    argv = [path, '-machine', 'none', '-nodefaults', '-display', 'none', '-S', '-qmp', 'stdio']
+    try:
+        proc = subprocess.run(argv, input=script, capture_output=True, text=True, errors='replace', timeout=timeout,
+                              check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise InvalidInput('target binary %s cannot run: %s' % (path, exc))
+    replies = {}
+    for line in proc.stdout.splitlines():
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(msg, dict) and 'return' in msg and 'id' in msg:
+            replies[msg['id']] = msg['return']
+    return proc, replies
+
+
+def missing_types(probe, types, timeout=30):
+    """The device and object ``types`` that the probed binary cannot create. Asked type by type
+    (``qom-list-properties``): listing every type would load every module of the build, and a
+    build staged without some of its modules would then load another build's and abort."""
+    unknown = [t for t in types if t not in probe['types']]
+    if unknown:
+        dummy, replies = _ask(probe['path'], [('qmp_capabilities', None)]
+                              + [('qom-list-properties', {'typename': t}) for t in unknown], timeout)
+        for index, name in enumerate(unknown, 1):
+            probe['types'][name] = index in replies
+    return sorted(t for t in types if not probe['types'][t])

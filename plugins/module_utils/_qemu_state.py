@@ -12,6 +12,7 @@ import re
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import filesystem_of, mapped_file_state
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_binary import normalize_package
+from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPCommandError
 
 MIGRATION_END = ('completed', 'failed', 'cancelled')
 USERNET_HEADER_RE = re.compile(r'\((?P<netdev>[^)]+)\):\s*$')
@@ -68,11 +69,25 @@ def memory_backends(qmp, pid):
     return backends
 
 
+def machine_property(qmp, name):
+    """A property of the machine, or None where this QEMU has no such property."""
+    try:
+        return qmp.execute('qom-get', {'path': '/machine', 'property': name})
+    except QMPCommandError:
+        return None
+
+
+def migration_mode(qmp):
+    """The migration mode parameter (QEMU >= 8.2), else None."""
+    return qmp.execute('query-migrate-parameters').get('mode')
+
+
 def query_vm(qmp, pid):
     """Version, run state, machine, migration, capabilities, accelerator and memory of QEMU ``pid``."""
     summary = qmp.execute('query-memory-size-summary')
     machine = qmp.execute('qom-get', {'path': '/machine', 'property': 'type'})
     return dict(running=qmp_version(qmp), status=qmp.execute('query-status')['status'],
+                aux_ram_share=machine_property(qmp, 'aux-ram-share'), migration_mode=migration_mode(qmp),
                 machine=machine[:-len('-machine')] if machine.endswith('-machine') else machine,
                 migration=qmp.execute('query-migrate').get('status', 'none'),
                 capabilities=query_capabilities(qmp),

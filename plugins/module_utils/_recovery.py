@@ -12,7 +12,9 @@ import os
 from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import canonical_path, is_on
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import UpdateFailed
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import kill_and_wait, qemu_processes, remove_files
-from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_state import memory_backends, restore_capabilities
+from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_state import (
+    memory_backends, migration_mode, restore_capabilities,
+)
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPError, QMPSession
 from ansible_collections.liveupdate.qemu.plugins.module_utils._takeover import TakeOver, temporaries
 from ansible_collections.liveupdate.qemu.plugins.module_utils._transfer import cancel_migration
@@ -28,6 +30,12 @@ def maps_shared(proc, paths):
         if backend.get('mem-path') in paths and is_on(backend.get('share', 'off')):
             return True
     return False
+
+
+def serves_twin(proc, qmp_socket):
+    """True when ``proc``'s QMP socket is a temporary twin of ``qmp_socket``: the destination of
+    an update of that VM (the one way to tell for memfd RAM, which has no path)."""
+    return any(path != qmp_socket and canonical_path(path) == qmp_socket for path in proc.cmdline.qmp_sockets())
 
 
 def status_of(proc, skip_socket, timeout):
@@ -84,7 +92,8 @@ def _journal_of(journal, proc):
 def _settle_others(src, source, switch, saved_caps, params, check_mode):
     backends = memory_backends(src, source.proc.pid)
     memory = set(b['path'] for b in backends if b['share'] and b['path'])
-    others = [p for p in qemu_processes() if p.pid != source.proc.pid and maps_shared(p, memory)]
+    others = [p for p in qemu_processes()
+              if p.pid != source.proc.pid and (maps_shared(p, memory) or serves_twin(p, source.qmp_socket))]
     outcome = dict(recovered=[])
     if not others:
         return outcome
@@ -121,6 +130,8 @@ def _settle_source(src, source, switch, journal, timeout):
     destination's files, and resume the guest unless the switch had been committed."""
     remove_files(journal['temporaries'])  # PATH.lu-TOKEN names and its migration socket
     cancel_migration(src, timeout)
+    if journal.get('migration_mode') and migration_mode(src) != journal['migration_mode']:
+        src.execute('migrate-set-parameters', {'mode': journal['migration_mode']})
     if src.execute('query-status')['status'] != 'postmigrate':
         return
     if journal['phase'] == 'switching':

@@ -17,9 +17,10 @@ import json
 import os
 import re
 
+from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import canonical_path
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput, LiveUpdateError
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import (
-    LaunchError, QemuProcess, kill_and_wait, launch_daemonized, shutdown_ladder, users_of,
+    LaunchError, QemuProcess, kill_and_wait, launch_daemonized, qemu_processes, shutdown_ladder, users_of,
 )
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPError, QMPSession
 from ansible_collections.liveupdate.qemu.plugins.module_utils._wait import WaitTimeout, wait_for
@@ -92,6 +93,15 @@ class RuntimePaths:
             return None
 
 
+def runs_vm(proc, paths, state):
+    """Whether QEMU ``proc`` runs the managed VM of ``paths`` (its recorded ``state``): it maps the
+    VM's memory file or, for memfd RAM, serves the VM's QMP socket (under a temporary name while
+    an update is under way)."""
+    if state.get('memory_file'):
+        return proc.uses_file(state['memory_file'])
+    return paths.qmp_socket in [canonical_path(s) for s in proc.cmdline.qmp_sockets()]
+
+
 class Vm:
     """A VM under ``runtime_dir``: what is recorded about it and whether it runs."""
 
@@ -106,14 +116,18 @@ class Vm:
 
     def process(self):
         """The live QEMU of this VM, or None. Identified by its memory file, which
-        survives a live update, and cross-checked against the pidfile when present."""
+        survives a live update (or, with memfd RAM, its QMP socket), and cross-checked
+        against the pidfile when present."""
         if not self.state:
             return None
         pid = self.paths.read_pid()
         proc = QemuProcess.from_pid(pid) if pid else None
-        if proc is not None and proc.alive() and proc.uses_file(self.memory_file):
+        if proc is not None and proc.alive() and runs_vm(proc, self.paths, self.state):
             return proc
-        holders = users_of(self.memory_file)
+        if self.memory_file:
+            holders = users_of(self.memory_file)
+        else:
+            holders = [p for p in qemu_processes() if runs_vm(p, self.paths, self.state)]
         return holders[0] if holders else None
 
     def leftovers(self):
@@ -142,12 +156,13 @@ class Vm:
         wait for QMP. Any failure removes what was created."""
         os.makedirs(os.path.dirname(self.paths.root), mode=0o755, exist_ok=True)
         os.mkdir(self.paths.root, 0o700)
-        try:
-            fd = os.open(spec.memory_file, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            os.rmdir(self.paths.root)
-            raise InvalidInput('memory file %s already exists' % spec.memory_file)
-        os.close(fd)
+        if spec.memory_file:
+            try:
+                fd = os.open(spec.memory_file, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                os.rmdir(self.paths.root)
+                raise InvalidInput('memory file %s already exists' % spec.memory_file)
+            os.close(fd)
         argv = spec.argv(self.paths)
         self.state = dict(spec=spec.as_dict(), argv=argv, binary=spec.binary, memory_file=spec.memory_file)
         try:

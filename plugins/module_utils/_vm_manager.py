@@ -78,7 +78,7 @@ class VmManager:
 
     def _refuse_duplicates(self, spec):
         """No second QEMU for this name, and never two on one memory file."""
-        for proc in users_of(spec.memory_file):
+        for proc in users_of(spec.memory_file) if spec.memory_file else []:
             raise InvalidInput('memory file %s is already used by QEMU pid %d' % (spec.memory_file, proc.pid),
                                pid=proc.pid)
         for proc in qemu_processes():
@@ -88,6 +88,8 @@ class VmManager:
 
     @staticmethod
     def _stale_memory_bytes(spec):
+        if not spec.memory_file:
+            return 0
         try:
             return os.stat(spec.memory_file).st_blocks * 512
         except OSError:

@@ -5,8 +5,10 @@
 """The spec of a live-updatable VM: validation, normalisation and the QEMU
 command line it becomes.
 
-Guest RAM is always a named ``memory-backend-file`` with ``share=on``, so a
-later live update can leave it in place (x-ignore-shared).
+Guest RAM is a named ``memory-backend-file`` with ``share=on``, so a later live
+update can leave it in place (x-ignore-shared), or, on QEMU >= 10.0, a
+``memory-backend-memfd`` with ``share=on`` and ``aux-ram-share=on``, whose file
+descriptors a live update hands over (cpr-transfer).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import re
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import QemuOpts
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput
-from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_binary import resolve_binary
+from ansible_collections.liveupdate.qemu.plugins.module_utils._eligibility import CPR_TRANSFER_FROM, version_tuple
+from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_binary import binary_version, resolve_binary
 from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import validate_name
 
 SIZE_RE = re.compile(r'^\s*(\d+)\s*([KMGT])(?:i?B)?\s*$', re.IGNORECASE)
@@ -27,8 +30,10 @@ MEMORY_BACKEND_ID = 'mem0'
 
 # Spec keys whose change on a running VM is a conflict. The binary is not one:
 # moving a VM to another binary is what live_update is for.
-CONFLICTING_KEYS = ('memory', 'memory_dir', 'vcpus', 'machine', 'accel', 'cpu', 'kernel', 'initrd',
+CONFLICTING_KEYS = ('memory', 'memory_backend', 'memory_dir', 'vcpus', 'machine', 'accel', 'cpu', 'kernel', 'initrd',
                     'append', 'disks', 'nics', 'serial', 'vnc', 'extra_args')
+# What a spec recorded before a key existed meant.
+RECORDED_DEFAULTS = dict(memory_backend='file')
 
 
 def parse_size(text, what='memory'):
@@ -65,6 +70,7 @@ class VmSpec:
     def __init__(self, params):
         self.name = validate_name(params['name'])
         self.memory = parse_size(params['memory'])
+        self.memory_backend = params.get('memory_backend') or 'file'
         self.memory_dir = os.path.abspath(params['memory_dir'])
         self.binary = params['binary']
         self.vcpus = params['vcpus']
@@ -103,6 +109,12 @@ class VmSpec:
     def check_files(self):
         """Validate what lives on disk (binary, kernel, images); resolves paths."""
         self.binary = resolve_binary(self.binary)
+        if self.memory_backend == 'memfd':
+            version = (binary_version(self.binary) or {}).get('version')
+            if not version or version_tuple(version) < CPR_TRANSFER_FROM:
+                raise InvalidInput('memory_backend memfd needs QEMU %d.%d or later (a live update hands memfd RAM '
+                                   'over with cpr-transfer); %s is QEMU %s'
+                                   % (CPR_TRANSFER_FROM + (self.binary, version or 'of an unknown version')))
         for attr in ('kernel', 'initrd'):
             if getattr(self, attr):
                 setattr(self, attr, _existing_file(getattr(self, attr), attr))
@@ -110,7 +122,9 @@ class VmSpec:
             disk['path'] = _existing_file(disk['path'], 'disk image')
 
     def check_memory_dir(self, reuse_bytes=0):
-        """The memory directory exists and has room for the guest RAM."""
+        """The memory directory exists and has room for the guest RAM (in a memory file)."""
+        if self.memory_file is None:
+            return
         if not os.path.isdir(self.memory_dir):
             raise InvalidInput('memory_dir %s does not exist or is not a directory' % self.memory_dir)
         stat = os.statvfs(self.memory_dir)
@@ -122,10 +136,11 @@ class VmSpec:
 
     @property
     def memory_file(self):
-        return memory_file_for(self.memory_dir, self.name)
+        return memory_file_for(self.memory_dir, self.name) if self.memory_backend == 'file' else None
 
     def as_dict(self):
-        return dict(name=self.name, memory=self.memory, memory_dir=self.memory_dir, binary=self.binary,
+        return dict(name=self.name, memory=self.memory, memory_backend=self.memory_backend,
+                    memory_dir=self.memory_dir, binary=self.binary,
                     vcpus=self.vcpus, machine=self.machine, accel=self.accel, cpu=self.cpu,
                     kernel=self.kernel, initrd=self.initrd, append=self.append, disks=self.disks,
                     nics=self.nics, serial=self.serial, vnc=self.vnc, extra_args=self.extra_args)
@@ -133,19 +148,25 @@ class VmSpec:
     def conflicts_with(self, stored):
         """The keys whose value differs from a stored spec (of a running VM)."""
         mine = self.as_dict()
-        return [key for key in CONFLICTING_KEYS if stored.get(key) != mine[key]]
+        return [key for key in CONFLICTING_KEYS if stored.get(key, RECORDED_DEFAULTS.get(key)) != mine[key]]
 
     def argv(self, paths):
         """The QEMU command line; ``paths`` is the VM's RuntimePaths."""
         mem_mib = self.memory // MIB
+        machine = [(None, self.machine), ('memory-backend', MEMORY_BACKEND_ID)]
+        backend = [(None, 'memory-backend-file'), ('id', MEMORY_BACKEND_ID), ('size', '%dM' % mem_mib),
+                   ('mem-path', self.memory_file), ('share', 'on')]
+        if self.memory_backend == 'memfd':
+            # ROMs and video RAM shared too: cpr-transfer refuses a machine with private RAM.
+            machine.append(('aux-ram-share', 'on'))
+            backend = [(None, 'memory-backend-memfd'), ('id', MEMORY_BACKEND_ID), ('size', '%dM' % mem_mib),
+                       ('share', 'on')]
         argv = [self.binary,
                 '-name', QemuOpts([('guest', self.name)]).format(),
                 '-nodefaults', '-no-user-config', '-display', 'none',
-                '-machine', QemuOpts([(None, self.machine), ('memory-backend', MEMORY_BACKEND_ID)]).format(),
+                '-machine', QemuOpts(machine).format(),
                 '-m', '%dM' % mem_mib,
-                '-object', QemuOpts([(None, 'memory-backend-file'), ('id', MEMORY_BACKEND_ID),
-                                     ('size', '%dM' % mem_mib), ('mem-path', self.memory_file),
-                                     ('share', 'on')]).format(),
+                '-object', QemuOpts(backend).format(),
                 '-smp', str(self.vcpus),
                 '-qmp', 'unix:%s,server=on,wait=off' % paths.qmp_socket.replace(',', ',,'),
                 '-pidfile', paths.pidfile]

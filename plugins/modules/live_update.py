@@ -79,6 +79,21 @@ options:
     description: The QEMU binary to move the VM to, a path or a name looked up in C(PATH).
     type: str
     default: qemu-system-x86_64
+  transfer_mode:
+    description:
+      - How the guest's state crosses to the new process.
+      - C(cpr-transfer) is QEMU's own CheckPoint-Restart, for source and target QEMU 10.0 or later. The RAM's file
+        descriptors are handed over, so RAM stays mapped and only device state moves. Every RAM block must be a
+        C(share=on) memfd or file backend and the machine must have C(aux-ram-share=on) (as M(liveupdate.qemu.vm)
+        starts VMs with O(liveupdate.qemu.vm#module:memory_backend=memfd)).
+      - C(x-ignore-shared) leaves the RAM in its named shared memory file and moves device state only (any version).
+      - C(full-copy) copies the RAM (seconds per GiB; see O(allow_full_copy)).
+      - C(auto) takes the first of C(cpr-transfer) and C(x-ignore-shared) that the VM and the target allow, then
+        C(full-copy) only with O(allow_full_copy). The result's RV(transfer_mode) says which was used;
+        M(liveupdate.qemu.vm_info) says which modes each VM can take and why not the others.
+    type: str
+    choices: [auto, cpr-transfer, x-ignore-shared, full-copy]
+    default: auto
   allow_full_copy:
     description:
       - Update a VM whose RAM is not all in shared memory files (C(share=off), anonymous RAM) by copying its RAM.
@@ -90,7 +105,7 @@ options:
   force:
     description:
       - Update even when the VM already runs the target's version.
-      - With O(allow_full_copy), also copy the RAM of a TCG guest whose QEMU is older than 9.0.
+      - With a full copy, also copy the RAM of a TCG guest whose QEMU is older than 9.0.
     type: bool
     default: false
   migration_timeout:
@@ -168,16 +183,21 @@ plan:
   description: >-
     What the update does or would do: the destination C(argv), C(renames) (temporary path, canonical path),
     tap C(taps) handed over, the source's tap C(downscripts) (netdev, script) skipped, C(host_forwards) re-added,
-    C(full_copy), and the source's run state C(was).
+    C(transfer_mode), C(full_copy), and the source's run state C(was).
   returned: changed
   type: dict
+transfer_mode:
+  description: The transfer mode used (or, in check mode, that would be used); see O(transfer_mode).
+  returned: changed
+  type: str
+  sample: x-ignore-shared
 guest_pause_ms:
   description: Time from the source's STOP event to the destination's RESUME event (host clock), when the VM was running.
   returned: changed, not check mode, VM running
   type: float
   sample: 4.2
 migration:
-  description: QEMU's figures for the migration (C(total_time_ms), C(downtime_ms), C(setup_time_ms), C(bytes), C(full_copy)).
+  description: QEMU's figures for the migration (C(total_time_ms), C(downtime_ms), C(setup_time_ms), C(bytes), C(full_copy), C(mode)).
   returned: changed and not check mode
   type: dict
 timings:
@@ -270,6 +290,8 @@ def main():
             socket=dict(type='path'),
             pid=dict(type='int'),
             target_binary=dict(type='str', default='qemu-system-x86_64'),
+            transfer_mode=dict(type='str', default='auto', choices=['auto', 'cpr-transfer', 'x-ignore-shared',
+                                                                    'full-copy']),
             allow_full_copy=dict(type='bool', default=False),
             force=dict(type='bool', default=False),
             migration_timeout=dict(type='float', default=60),

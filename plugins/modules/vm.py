@@ -14,8 +14,9 @@ version_added: 0.1.0
 author:
   - liveupdate.qemu maintainers (!UNKNOWN)
 description:
-  - Starts a QEMU VM whose guest RAM is a C(memory-backend-file) with C(share=on) in O(memory_dir), so that
-    M(liveupdate.qemu.live_update) can later move it to another QEMU binary while its RAM stays in place.
+  - Starts a QEMU VM whose guest RAM is a C(memory-backend-file) with C(share=on) in O(memory_dir) (or, with
+    O(memory_backend=memfd), a shared memfd), so that M(liveupdate.qemu.live_update) can later move it to another
+    QEMU binary while its RAM stays in place.
   - Each VM gets a runtime directory O(runtime_dir)/O(name) (mode 0700) with its QMP socket C(qmp.sock), pidfile
     C(qemu.pid), the recorded spec and argv C(vm.json), QEMU's own output C(qemu.log) and, with O(serial),
     the serial console socket C(serial.sock) and its log C(serial.log). The memory file and sockets are mode 0600.
@@ -43,6 +44,16 @@ options:
       - Guest RAM size with a unit, for example C(512M), C(4G) or C(1GiB); a whole number of MiB.
     type: str
     default: 1G
+  memory_backend:
+    description:
+      - V(file) keeps guest RAM in a shared file in O(memory_dir); a live update leaves it there (C(x-ignore-shared),
+        any QEMU version) and the file can be inspected or saved.
+      - V(memfd) keeps it in anonymous shared memory (C(memory-backend-memfd,share=on) with
+        C(-machine aux-ram-share=on)); a live update hands its file descriptors to the new QEMU (C(cpr-transfer)).
+        Needs O(binary) to be QEMU 10.0 or later, and so does every target of a later live update.
+    type: str
+    choices: [file, memfd]
+    default: file
   memory_dir:
     description:
       - Existing directory for the guest RAM file C(liveupdate-qemu-<name>.ram). It must have room for O(memory).
@@ -201,7 +212,7 @@ vm:
     pidfile: {description: Pidfile path., type: str, returned: always}
     serial_socket: {description: Serial console socket; null without O(serial)., type: str, returned: always}
     serial_log: {description: Serial console log; null without O(serial)., type: str, returned: always}
-    memory_file: {description: The guest RAM file., type: str, returned: always}
+    memory_file: {description: 'The guest RAM file (C(null) with O(memory_backend=memfd)).', type: str, returned: always}
     binary: {description: The QEMU binary the process runs., type: str, returned: always}
     argv: {description: The QEMU command line., type: list, elements: str, returned: always}
   sample:
@@ -232,6 +243,7 @@ def main():
             name=dict(type='str', required=True),
             state=dict(type='str', default='running', choices=['running', 'stopped']),
             memory=dict(type='str', default='1G'),
+            memory_backend=dict(type='str', default='file', choices=['file', 'memfd']),
             memory_dir=dict(type='path', default='/dev/shm'),
             vcpus=dict(type='int', default=1),
             machine=dict(type='str', default='pc'),

@@ -20,8 +20,11 @@ description:
   - A VM is C(outdated) when its binary was deleted or replaced on disk, or when its QEMU version or package
     differs from the target binary's.
   - A VM is C(eligible) for a device-state-only live update when it runs or is paused, no migration is under way,
-    all its RAM is in C(memory-backend-file) objects with C(share=on), its QEMU knows C(x-ignore-shared) and
-    C(postcopy-ram) is off. Otherwise C(ineligible_reasons) says why.
+    C(postcopy-ram) is off, and one of two transfer modes can take it onto the target, C(cpr-transfer) (QEMU 10.0 or
+    later on both sides, all RAM in C(share=on) memfd or file backends, C(aux-ram-share=on)) or C(x-ignore-shared)
+    (all RAM in C(memory-backend-file) objects with C(share=on)). Otherwise C(ineligible_reasons) says why.
+  - C(transfer_modes) says, for each mode of M(liveupdate.qemu.live_update)'s O(liveupdate.qemu.live_update#module:transfer_mode),
+    why the VM cannot take it (an empty list when it can), and C(transfer_mode) which one C(auto) would use.
 options:
   target_binary:
     description:
@@ -99,6 +102,19 @@ vms:
     ram_size: {description: 'Guest RAM in bytes, base and plugged.', type: int, returned: always}
     eligible: {description: Whether a device-state-only live update is possible now., type: bool, returned: always}
     ineligible_reasons: {description: Why not., type: list, elements: str, returned: always}
+    transfer_modes:
+      description: >-
+        For each transfer mode (C(cpr-transfer), C(x-ignore-shared), C(full-copy)), the reasons it cannot move the VM
+        onto the target; an empty list when it can (for C(full-copy), the risks that need
+        O(liveupdate.qemu.live_update#module:force)). Judged on the target's version; the target's capabilities and
+        machine types are checked by M(liveupdate.qemu.live_update)'s preflight.
+      type: dict
+      returned: always
+      sample: {"cpr-transfer": ["this VM runs QEMU 7.2.22; cpr-transfer needs 10.0 or later"], "x-ignore-shared": [], "full-copy": []}
+    transfer_mode:
+      description: The device-state-only mode that C(auto) would use, or C(null) when there is none.
+      type: str
+      returned: always
     qmp_error: {description: 'Why QMP could not be asked, if so.', type: str, returned: always}
     interrupted_update:
       description: >-

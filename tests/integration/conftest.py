@@ -6,6 +6,8 @@ and real guests (TCG). scripts/setup.sh provides the environment:
 - ANSIBLE_COLLECTIONS_PATH: the installed collection
 - LIVEUPDATE_GUEST_DIR: vmlinux + initramfs.gz of the test guest (tools/build-guest.sh)
 - LIVEUPDATE_OLD_QEMU: the older QEMU build staged side by side (roles/qemu_build/files/stage-qemu.sh)
+- LIVEUPDATE_NEW_QEMU: QEMU 10.0 of bookworm-backports staged side by side (empty when setup.sh could not
+  reach that suite: the tests that need it then fail)
 """
 
 from __future__ import annotations
@@ -46,6 +48,15 @@ def guest_dir():
 def old_qemu():
     path = _required_env('LIVEUPDATE_OLD_QEMU')
     assert os.access(path, os.X_OK), 'staged old QEMU %s is not executable' % path
+    return path
+
+
+@pytest.fixture(scope='session')
+def new_qemu():
+    """The wrapper of QEMU 10.0 (bookworm-backports) that setup.sh staged. Its tests fail, not
+    skip, without it: a major upgrade is what they prove."""
+    path = _required_env('LIVEUPDATE_NEW_QEMU')
+    assert os.access(path, os.X_OK), 'staged new QEMU %s is not executable' % path
     return path
 
 

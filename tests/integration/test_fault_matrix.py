@@ -406,8 +406,9 @@ class Held(Check):
             if point != 'finished':  # (there the update had finished: the rerun is a normal update)
                 found.expect(survivor == dest and 'completed an interrupted live update' in rerun['msg'],
                              'the rerun must complete the interrupted update on the destination')
-            if action == 'stop-dest' and point in ('migrated', 'committed'):
-                found.expect(rerun.get('resumed') is True, 'the guest was never resumed: the rerun must')
+            # (stop-dest at `committed`: the failed run's `cont` waits in the frozen destination's
+            # socket and may run when it is thawed, before the rerun looks, so the rerun may or may
+            # not be the one that resumes it; assert_settled checks that the guest runs.)
         found.check(failed=failed, held=held, rerun=rerun)
 
 

@@ -1,18 +1,25 @@
 # -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Role liveupdate.qemu.qemu_build on localhost, through ansible-playbook: the newest and the
-oldest qemu-system-x86 of the archive staged side by side (deb_prefix, .debs downloaded on the
-"controller") in check mode (changed, nothing written), for real (changed) and again (not
+oldest qemu-system-x86 of Debian 12's own suites staged side by side (deb_prefix, .debs downloaded
+on the "controller") in check mode (changed, nothing written), for real (changed) and again (not
 changed); the staged wrappers run their own build; method path on the installed QEMU, method
-package in check mode only (the installed QEMU is never changed); preflight errors.
+package in check mode only (the installed QEMU is never changed); preflight errors. Then
+qemu_build_suite: QEMU 10.0 of bookworm-backports with that suite's apt source and lists gone
+(the role adds the source back and resolves; the prefix setup.sh staged is reused), and stale
+lists (a version only in a suite whose list was removed: stage-qemu.sh refreshes them once).
 
 The controller's .deb cache is kept in .cache/qemu-debs of the checkout (one bundle per version,
 content fixed by the version), so that only the first run downloads."""
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import json
 import os
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -21,12 +28,20 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 STAGE = os.path.join(ROOT, 'roles', 'qemu_build', 'files', 'stage-qemu.sh')
 DEB_CACHE = os.path.join(ROOT, '.cache', 'qemu-debs')
 SYSTEM_QEMU = '/usr/bin/qemu-system-x86_64'
+SUITE = 'bookworm-backports'
+SUITE_SOURCES = '/etc/apt/sources.list.d/liveupdate-qemu-%s.sources' % SUITE
+APT_LISTS = '/var/lib/apt/lists'
 VERSION_RE = re.compile(r'version\s+(\d+\.\d+\.\d+)\s*(?:\((.*)\))?')
 
 
 def archive_versions():
     out = subprocess.run(['bash', STAGE, '--list'], capture_output=True, text=True, check=False).stdout
     return [line for line in out.splitlines() if line.strip()]
+
+
+def own_versions():
+    """Debian 12's own builds (7.2) of the archive: backports' versions carry ~bpo."""
+    return [v for v in archive_versions() if '~bpo' not in v]
 
 
 def installed_version(package):
@@ -73,9 +88,9 @@ def cache_listing():
 
 @pytest.fixture(scope='module')
 def versions():
-    found = archive_versions()
+    found = own_versions()
     if len(found) < 2:
-        pytest.skip('the archive has fewer than two versions of qemu-system-x86: %s' % found)
+        pytest.skip('Debian 12\'s suites have fewer than two versions of qemu-system-x86: %s' % found)
     return {'newest': found[-1], 'oldest': found[0]}
 
 
@@ -208,3 +223,88 @@ def test_preflight_errors(ansible, versions, system_qemu, tmp_path):
         assert expected in error, (case, error)
     # The failed cases staged nothing.
     assert not os.path.exists(prefix_root)
+
+
+def suite_lists(suite):
+    return glob.glob(os.path.join(APT_LISTS, '*_dists_%s_*' % suite))
+
+
+def apt_targets(field, release):
+    """A field of apt's index targets (apt-get indextargets) of the suite RELEASE, configured ones."""
+    out = subprocess.run(['apt-get', 'indextargets', '--no-release-info', '--format', '$(%s)' % field,
+                          'Release: %s' % release, 'Created-By: Packages'],
+                         capture_output=True, text=True, check=True).stdout
+    return set(line for line in out.splitlines() if line)
+
+
+@contextlib.contextmanager
+def moved_away(paths, store, replace=()):
+    """Move PATHS into STORE for the block, then put back each one that is not there again; those
+    in REPLACE also when the block made them anew (the original goes back)."""
+    os.makedirs(store, exist_ok=True)
+    moved = []
+    for path in paths:
+        shutil.move(path, os.path.join(store, os.path.basename(path)))
+        moved.append(path)
+    try:
+        yield
+    finally:
+        for path in moved:
+            if path in replace or not os.path.exists(path):
+                shutil.move(os.path.join(store, os.path.basename(path)), path)
+
+
+def resolve(*args):
+    run = subprocess.run(['bash', STAGE] + list(args), capture_output=True, text=True, check=False, timeout=300)
+    return run, json.loads(run.stdout)
+
+
+def test_suite_without_source_is_added_and_staged(ansible, new_qemu, tmp_path):
+    """A fresh machine: no apt source for bookworm-backports and no lists of it. The role adds
+    the source (the mirror and keyring of the bookworm entry), refreshes it alone, resolves
+    `latest` to QEMU 10.0, and finds it staged already in the prefix root setup.sh uses."""
+    entries = apt_targets('SOURCESENTRY', SUITE)
+    if not entries or any(not e.startswith(SUITE_SOURCES + ':') for e in entries):
+        pytest.skip('%s is configured outside %s: %s' % (SUITE, SUITE_SOURCES, sorted(entries)))
+    codename_uris = set(u.rstrip('/') for u in apt_targets('REPO_URI', 'bookworm'))
+    prefix = os.path.dirname(os.path.dirname(new_qemu['binary']))
+    with moved_away([SUITE_SOURCES] + suite_lists(SUITE), str(tmp_path / 'apt'), replace=[SUITE_SOURCES]):
+        assert not os.path.exists(SUITE_SOURCES) and suite_lists(SUITE) == []
+        run = ansible.play([role(qemu_build_suite=SUITE, qemu_build_version='latest',
+                                 qemu_build_prefix_root=os.path.dirname(prefix),
+                                 qemu_build_controller_cache=DEB_CACHE), FACTS], module_defaults=False)
+        with open(SUITE_SOURCES) as handle:
+            written = handle.read()
+        lists = suite_lists(SUITE)
+        again, resolved = resolve('--suite', SUITE, '--resolve', 'latest')
+    assert run.rc == 0, run.stdout
+    # The version is staged already (setup.sh's prefix): nothing to download or unpack.
+    assert role_changed(run) == 0, run.stdout
+    assert facts_of(run) == [{'binary': new_qemu['binary'],
+                              'info': {'version': binary_version(new_qemu['binary'])['version'],
+                                       'package': 'Debian %s' % new_qemu['version']}}]
+    assert facts_of(run)[0]['info']['version'].startswith('10.0.')
+    fields = dict(line.split(': ', 1) for line in written.splitlines() if ': ' in line and not line.startswith('#'))
+    assert fields['Suites'] == SUITE and fields['Types'] == 'deb', written
+    assert fields['URIs'].rstrip('/') in codename_uris, (written, codename_uris)
+    assert 'main' in fields['Components'].split(), written
+    assert lists, 'no package list of %s after the role' % SUITE
+    # The JSON of --resolve names the suite and lists that suite's versions only.
+    assert again.returncode == 0, again.stderr
+    expected = (SUITE, new_qemu['version'], [new_qemu['version']])
+    assert (resolved['suite'], resolved['version'], resolved['archive']) == expected, resolved
+
+
+def test_stale_lists_are_refreshed_once(new_qemu, tmp_path):
+    """A version only in a suite whose package list is gone (stale lists of a fresh machine):
+    --resolve without --suite runs apt-get update once and finds it."""
+    lists = suite_lists(SUITE)
+    if not any('_Packages' in p for p in lists):
+        pytest.skip('apt has no package list of %s' % SUITE)
+    with moved_away(lists, str(tmp_path / 'lists')):
+        run, resolved = resolve('--resolve', new_qemu['version'])
+        refreshed = [p for p in suite_lists(SUITE) if '_Packages' in p]
+    assert run.returncode == 0, run.stderr
+    assert 'running apt-get update and looking again' in run.stderr
+    assert resolved['version'] == new_qemu['version'] and resolved['suite'] == '', resolved
+    assert refreshed, 'apt-get update fetched no list of %s' % SUITE

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._eligibility import (
-    eligibility, full_copy_risks, outdated_reasons,
+    choose_mode, compatibility_reasons, eligibility, full_copy_risks, outdated_reasons, transfer_modes,
+    update_refusals,
 )
 
 GIB = 1 << 30
@@ -136,3 +137,132 @@ def test_full_copy_risks(kvm, version, risky):
     risks = full_copy_risks(make_vm(kvm=kvm, running=dict(version=version, package=None)))
     assert risks == (['a RAM copy from QEMU %s under TCG can lose guest writes (QEMU bug fixed in 9.0)' % version]
                      if risky else [])
+
+
+# --- transfer modes -----------------------------------------------------------
+
+V10 = dict(version='10.0.2', package='Debian 1:10.0.2+ds-2+deb13u1~bpo12+1')
+
+
+def memfd_vm(**overrides):
+    """A VM of liveupdate.qemu.vm with memory_backend memfd, on QEMU 10.0."""
+    return make_vm(**dict(dict(running=V10, target=dict(V10, path='/opt/q10/bin/qemu-system-x86_64'),
+                               aux_ram_share=True,
+                               memory_backends=[backend(type='memory-backend-memfd', path=None)]), **overrides))
+
+
+def probe(version='10.0.2', **overrides):
+    """What probe_binary reports of a target."""
+    return dict(dict(path='/opt/q/bin/qemu-system-x86_64', version=version, package=None,
+                     capabilities=['events', 'x-ignore-shared', 'xbzrle'],
+                     machines=['pc', 'pc-i440fx-7.2', 'pc-i440fx-%s' % version[:4].rstrip('.')], types={}), **overrides)
+
+
+def test_transfer_modes_of_a_file_vm_on_7_2():
+    modes = transfer_modes(make_vm(), probe('7.2.22'))
+    assert modes == {'cpr-transfer': ['this VM runs QEMU 7.2.19; cpr-transfer needs 10.0 or later',
+                                      'the target runs QEMU 7.2.22; cpr-transfer needs 10.0 or later'],
+                     'x-ignore-shared': [], 'full-copy': ['a RAM copy from QEMU 7.2.19 under TCG can lose guest '
+                                                          'writes (QEMU bug fixed in 9.0)']}
+
+
+def test_transfer_modes_of_a_memfd_vm():
+    modes = transfer_modes(memfd_vm(), probe())
+    assert modes['cpr-transfer'] == [] and modes['full-copy'] == []
+    assert modes['x-ignore-shared'] == ['memory backend mem0 is memory-backend-memfd, not a named file: its RAM '
+                                        'would be copied']
+    assert eligibility(memfd_vm()) == []
+
+
+@pytest.mark.parametrize('overrides, reason', [
+    (dict(aux_ram_share=False), '-machine aux-ram-share is off: ROM and video RAM would not be shared'),
+    (dict(memory_backends=[backend(type='memory-backend-memfd', path=None, share=False)]),
+     'memory backend mem0 is memory-backend-memfd,share=off; cpr-transfer needs share=on memfd or file backends'),
+    (dict(memory_backends=[backend(id='pc.ram', type='memory-backend-ram', path=None)]),
+     'memory backend pc.ram is memory-backend-ram; cpr-transfer needs share=on memfd or file backends'),
+    (dict(ram_size=2 * GIB), 'part of guest RAM is anonymous memory, not a memory backend'),
+])
+def test_cpr_transfer_refused(overrides, reason):
+    assert transfer_modes(memfd_vm(**overrides), probe())['cpr-transfer'] == [reason]
+
+
+def test_cpr_transfer_needs_a_10_0_target():
+    assert transfer_modes(memfd_vm(), probe('7.2.22'))['cpr-transfer'] == [
+        'the target runs QEMU 7.2.22; cpr-transfer needs 10.0 or later']
+
+
+@pytest.mark.parametrize('vm, target, requested, allow, force, reasons, mode', [
+    # auto prefers cpr-transfer, then x-ignore-shared
+    (memfd_vm(), probe(), 'auto', False, False, [], 'cpr-transfer'),
+    (memfd_vm(memory_backends=[backend()]), probe(), 'auto', False, False, [], 'cpr-transfer'),
+    (memfd_vm(memory_backends=[backend()], aux_ram_share=False), probe(), 'auto', False, False, [],
+     'x-ignore-shared'),
+    (make_vm(), probe('10.0.2'), 'auto', False, False, [], 'x-ignore-shared'),
+    # a full copy only when asked, and under TCG before 9.0 only with force
+    (make_vm(memory_backends=[backend(share=False)]), probe('7.2.22'), 'auto', True, False,
+     ['a RAM copy from QEMU 7.2.19 under TCG can lose guest writes (QEMU bug fixed in 9.0); force: true copies '
+      'anyway'], 'full-copy'),
+    (make_vm(memory_backends=[backend(share=False)]), probe('7.2.22'), 'auto', True, True, [], 'full-copy'),
+    (memfd_vm(memory_backends=[backend(share=False)]), probe(), 'auto', True, False, [], 'full-copy'),
+    (memfd_vm(memory_backends=[backend(share=False)]), probe(), 'full-copy', False, False, [], 'full-copy'),
+    # forced modes give their own reasons
+    (make_vm(), probe('10.0.2'), 'cpr-transfer', False, False,
+     ['this VM runs QEMU 7.2.19; cpr-transfer needs 10.0 or later'], 'cpr-transfer'),
+    (memfd_vm(), probe(), 'x-ignore-shared', False, False,
+     ['memory backend mem0 is memory-backend-memfd, not a named file: its RAM would be copied'], 'x-ignore-shared'),
+])
+def test_choose_mode(vm, target, requested, allow, force, reasons, mode):
+    assert choose_mode(vm, target, requested, allow, force) == (reasons, mode)
+
+
+def test_choose_mode_none_possible_names_both():
+    vm = memfd_vm(memory_backends=[backend(type='memory-backend-memfd', path=None, share=False)])
+    reasons, mode = choose_mode(vm, probe())
+    assert mode is None
+    assert reasons == ['memory backend mem0 is memory-backend-memfd, not a named file: its RAM would be copied',
+                       'cpr-transfer: memory backend mem0 is memory-backend-memfd,share=off; cpr-transfer needs '
+                       'share=on memfd or file backends']
+
+
+def test_x_ignore_shared_missing_in_target():
+    reasons, mode = choose_mode(make_vm(), probe('7.2.22', capabilities=['events']))
+    assert mode is None and reasons == ['target binary /opt/q/bin/qemu-system-x86_64 has no x-ignore-shared '
+                                        'migration capability']
+
+
+# --- across versions ----------------------------------------------------------
+
+def test_compatible():
+    assert compatibility_reasons(make_vm(machine='pc-i440fx-7.2'), probe('10.0.2')) == []
+
+
+def test_downgrade_needs_the_machine_type():
+    vm = memfd_vm(machine='pc-q35-10.0', memory_backends=[backend()])
+    assert compatibility_reasons(vm, probe('7.2.22', machines=['pc-q35-7.2'])) == [
+        'target binary /opt/q/bin/qemu-system-x86_64 (QEMU 7.2.22) does not know machine type pc-q35-10.0; a '
+        'downgrade needs a machine type both builds have: start VMs with the machine type of the oldest QEMU they '
+        'may go back to (e.g. -machine pc-q35-7.2)']
+
+
+def test_downgrade_allowed_with_a_pinned_machine_type():
+    vm = memfd_vm(machine='pc-i440fx-7.2', memory_backends=[backend()])
+    assert update_refusals(vm, probe('7.2.22')) == ([], 'x-ignore-shared')
+
+
+def test_missing_types_and_capabilities():
+    vm = make_vm(machine='pc-i440fx-7.2', capabilities={'x-ignore-shared': False, 'block': True, 'xbzrle': True})
+    assert compatibility_reasons(vm, probe('10.0.2'), ['x-old-device']) == [
+        'target binary /opt/q/bin/qemu-system-x86_64 (QEMU 10.0.2) has no device or object type x-old-device',
+        'target binary /opt/q/bin/qemu-system-x86_64 (QEMU 10.0.2) has no migration capability block, which this VM '
+        'has on']
+
+
+def test_update_refusals_in_order():
+    vm = make_vm(status='shutdown', machine='pc-i440fx-6.0')
+    reasons, mode = update_refusals(vm, probe('10.0.2'), ['a'], 'cpr-transfer')
+    assert mode == 'cpr-transfer'
+    assert reasons == ['run state is shutdown, not running or paused',
+                       'this VM runs QEMU 7.2.19; cpr-transfer needs 10.0 or later',
+                       'target binary /opt/q/bin/qemu-system-x86_64 (QEMU 10.0.2) does not know machine type '
+                       'pc-i440fx-6.0',
+                       'target binary /opt/q/bin/qemu-system-x86_64 (QEMU 10.0.2) has no device or object type a']

@@ -19,7 +19,10 @@ import pytest
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput
 from ansible_collections.liveupdate.qemu.plugins.module_utils._locate import connect_source, locate
+from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import QemuProcess
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPError, QMPSession
+from ansible_collections.liveupdate.qemu.plugins.module_utils._recovery import serves_twin
+from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import RuntimePaths, runs_vm
 
 
 # --- locating the source: the peer of its QMP socket ------------------------
@@ -176,3 +179,25 @@ def test_locate_refusals(tmp_path, qmp_server):
         locate(params(tmp_path, pid=os.getpid()))
     with pytest.raises(InvalidInput, match='VM db is not running'):
         locate(params(tmp_path, name='db'))
+
+
+def test_locate_a_memfd_vm_by_name(tmp_path, qmp_server):
+    """memfd RAM has no path: the VM's process is the one that serves its QMP socket (or a
+    temporary twin of it, during an update)."""
+    root = tmp_path / 'mf'
+    root.mkdir()
+    path = str(root / 'qmp.sock')
+    child = qmp_server(path, '-name', 'guest=mf', '-object', 'memory-backend-memfd,id=mem0,size=64M,share=on',
+                       '-qmp', 'unix:%s,server=on,wait=off' % path)
+    (root / 'vm.json').write_text(json.dumps(dict(memory_file=None)))
+    qmp_socket, proc = locate(params(tmp_path, name='mf'))  # no pidfile: found by its QMP socket
+    assert (qmp_socket, proc.pid) == (path, child.pid)
+
+
+def test_runs_vm_and_serves_twin():
+    paths = RuntimePaths('/run/lu', 'mf')
+    source = QemuProcess(1, ['qemu', '-qmp', 'unix:/run/lu/mf/qmp.sock,server=on,wait=off'], '/usr/bin/qemu')
+    dest = QemuProcess(2, ['qemu', '-qmp', 'unix:/run/lu/mf/qmp.sock.lu-0123abcd,server=on,wait=off'], '/q/qemu')
+    other = QemuProcess(3, ['qemu', '-qmp', 'unix:/run/lu/web/qmp.sock,server=on,wait=off'], '/usr/bin/qemu')
+    assert [runs_vm(p, paths, {'memory_file': None}) for p in (source, dest, other)] == [True, True, False]
+    assert [serves_twin(p, paths.qmp_socket) for p in (source, dest, other)] == [False, True, False]

@@ -15,7 +15,7 @@ import pytest
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_binary import (
-    VERSION_RE, binary_version, normalize_package, probe_binary,
+    VERSION_RE, binary_version, missing_types, normalize_package, probe_binary,
 )
 
 QEMU = '/usr/bin/qemu-system-x86_64'
@@ -80,6 +80,12 @@ def test_probe_binary(probed):
     assert 'x-ignore-shared' in probed['capabilities']
     assert {'pc', 'q35', 'pc-i440fx-7.2', 'pc-q35-7.2', 'pc-i440fx-7.1', 'none'} <= set(probed['machines'])
     assert probed['capabilities'] == sorted(probed['capabilities'])
+
+
+def test_missing_types(probed):
+    assert missing_types(probed, ['virtio-net-pci', 'memory-backend-file', 'no-such-device']) == ['no-such-device']
+    assert probed['types'] == {'virtio-net-pci': True, 'memory-backend-file': True, 'no-such-device': False}
+    assert missing_types(probed, ['no-such-device']) == ['no-such-device']  # from the cache
 
 
 @pytest.mark.parametrize('kind, message', [

@@ -375,3 +375,37 @@ def test_check_memory_dir_room(tmp_path, monkeypatch, free, reuse, ok):
             spec.check_memory_dir(reuse_bytes=reuse)
         assert info.value.details == dict(free_bytes=free, memory_bytes=1 << 30)
     assert calls == [str(tmp_path)]
+
+
+# --- memfd RAM (cpr-transfer) --------------------------------------------------
+
+def _qemu_of_version(path, version):
+    path.write_text('#!/bin/sh\necho "QEMU emulator version %s (Debian test)"\n' % version)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_argv_memfd(paths):
+    spec = VmSpec(make_params(memory_backend='memfd'))
+    cmd = QemuCommandLine.parse(spec.argv(paths))
+    assert spec.memory_file is None
+    assert cmd.memory_backends() == [{'qom-type': 'memory-backend-memfd', 'id': 'mem0', 'size': '1024M',
+                                      'share': 'on'}]
+    # ROMs and video RAM shared too, or cpr-transfer refuses the machine
+    assert cmd.values('machine') == ['pc,memory-backend=mem0,aux-ram-share=on']
+
+
+def test_memfd_needs_qemu_10(tmp_path):
+    spec = VmSpec(make_params(memory_backend='memfd', binary=_qemu_of_version(tmp_path / 'qemu', '7.2.22')))
+    with pytest.raises(InvalidInput, match=r'memory_backend memfd needs QEMU 10.0 or later .*is QEMU 7.2.22'):
+        spec.check_files()
+    spec = VmSpec(make_params(memory_backend='memfd', binary=_qemu_of_version(tmp_path / 'qemu10', '10.0.2')))
+    spec.check_files()
+    spec.check_memory_dir()  # no file to make room for
+
+
+def test_a_spec_recorded_before_memory_backend_existed_does_not_conflict():
+    stored = _stored()
+    del stored['memory_backend']
+    assert VmSpec(make_params()).conflicts_with(stored) == []
+    assert VmSpec(make_params(memory_backend='memfd')).conflicts_with(stored) == ['memory_backend']
