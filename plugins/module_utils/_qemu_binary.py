@@ -15,6 +15,8 @@ import subprocess
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput
 
+# -device names that are aliases of another type name (besides virtio-X for virtio-X-pci).
+DEVICE_ALIASES = {'lsi': 'lsi53c895a', 'ahci': 'ich9-ahci'}
 VERSION_RE = re.compile(r'version\s+(\d+\.\d+\.\d+)\s*(?:\((.*)\))?')
 
 
@@ -105,11 +107,21 @@ def _ask(path, commands, timeout):
 def missing_types(probe, types, timeout=30):
     """The device and object ``types`` that the probed binary cannot create. Asked type by type
     (``qom-list-properties``): listing every type would load every module of the build, and a
-    build staged without some of its modules would then load another build's and abort."""
+    build staged without some of its modules would then load another build's and abort. A
+    -device name may be one of QEMU's aliases (virtio-serial for virtio-serial-pci): a type is
+    missing when neither it nor what the alias stands for exists."""
     unknown = [t for t in types if t not in probe['types']]
     if unknown:
+        asked = [(t, c) for t in unknown for c in _type_candidates(t)]
         dummy, replies = _ask(probe['path'], [('qmp_capabilities', None)]
-                              + [('qom-list-properties', {'typename': t}) for t in unknown], timeout)
-        for index, name in enumerate(unknown, 1):
-            probe['types'][name] = index in replies
+                              + [('qom-list-properties', {'typename': c}) for dummy, c in asked], timeout)
+        for name in unknown:
+            probe['types'][name] = False
+        for index, (name, dummy) in enumerate(asked, 1):
+            probe['types'][name] = probe['types'][name] or index in replies
     return sorted(t for t in types if not probe['types'][t])
+
+
+def _type_candidates(name):
+    """``name`` and the types it may be an alias of (QEMU's qdev_alias_table, on x86)."""
+    return [name] + [c for c in (name + '-pci', DEVICE_ALIASES.get(name)) if c]

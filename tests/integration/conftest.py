@@ -6,8 +6,8 @@ and real guests (TCG). scripts/setup.sh provides the environment:
 - ANSIBLE_COLLECTIONS_PATH: the installed collection
 - LIVEUPDATE_GUEST_DIR: vmlinux + initramfs.gz of the test guest (tools/build-guest.sh)
 - LIVEUPDATE_OLD_QEMU: the older QEMU build staged side by side (roles/qemu_build/files/stage-qemu.sh)
-- LIVEUPDATE_NEW_QEMU: QEMU 10.0 of bookworm-backports staged side by side (empty when setup.sh could not
-  reach that suite: the tests that need it then fail)
+- LIVEUPDATE_NEW_QEMU, LIVEUPDATE_NEW_QEMU_VERSION: QEMU 10.0 of bookworm-backports staged side by side,
+  and its Debian version (empty when setup.sh could not reach that suite: the tests that need them fail)
 """
 
 from __future__ import annotations
@@ -58,6 +58,12 @@ def new_qemu():
     path = _required_env('LIVEUPDATE_NEW_QEMU')
     assert os.access(path, os.X_OK), 'staged new QEMU %s is not executable' % path
     return path
+
+
+@pytest.fixture(scope='session')
+def new_qemu_version():
+    """The Debian version of new_qemu's build (1:10.0.2+ds-...)."""
+    return _required_env('LIVEUPDATE_NEW_QEMU_VERSION')
 
 
 @pytest.fixture(scope='session')

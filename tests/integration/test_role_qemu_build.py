@@ -259,7 +259,7 @@ def resolve(*args):
     return run, json.loads(run.stdout)
 
 
-def test_suite_without_source_is_added_and_staged(ansible, new_qemu, tmp_path):
+def test_suite_without_source_is_added_and_staged(ansible, new_qemu, new_qemu_version, tmp_path):
     """A fresh machine: no apt source for bookworm-backports and no lists of it. The role adds
     the source (the mirror and keyring of the bookworm entry), refreshes it alone, resolves
     `latest` to QEMU 10.0, and finds it staged already in the prefix root setup.sh uses."""
@@ -267,7 +267,7 @@ def test_suite_without_source_is_added_and_staged(ansible, new_qemu, tmp_path):
     if not entries or any(not e.startswith(SUITE_SOURCES + ':') for e in entries):
         pytest.skip('%s is configured outside %s: %s' % (SUITE, SUITE_SOURCES, sorted(entries)))
     codename_uris = set(u.rstrip('/') for u in apt_targets('REPO_URI', 'bookworm'))
-    prefix = os.path.dirname(os.path.dirname(new_qemu['binary']))
+    prefix = os.path.dirname(os.path.dirname(new_qemu))
     with moved_away([SUITE_SOURCES] + suite_lists(SUITE), str(tmp_path / 'apt'), replace=[SUITE_SOURCES]):
         assert not os.path.exists(SUITE_SOURCES) and suite_lists(SUITE) == []
         run = ansible.play([role(qemu_build_suite=SUITE, qemu_build_version='latest',
@@ -280,9 +280,9 @@ def test_suite_without_source_is_added_and_staged(ansible, new_qemu, tmp_path):
     assert run.rc == 0, run.stdout
     # The version is staged already (setup.sh's prefix): nothing to download or unpack.
     assert role_changed(run) == 0, run.stdout
-    assert facts_of(run) == [{'binary': new_qemu['binary'],
-                              'info': {'version': binary_version(new_qemu['binary'])['version'],
-                                       'package': 'Debian %s' % new_qemu['version']}}]
+    assert facts_of(run) == [{'binary': new_qemu,
+                              'info': {'version': binary_version(new_qemu)['version'],
+                                       'package': 'Debian %s' % new_qemu_version}}]
     assert facts_of(run)[0]['info']['version'].startswith('10.0.')
     fields = dict(line.split(': ', 1) for line in written.splitlines() if ': ' in line and not line.startswith('#'))
     assert fields['Suites'] == SUITE and fields['Types'] == 'deb', written
@@ -291,20 +291,20 @@ def test_suite_without_source_is_added_and_staged(ansible, new_qemu, tmp_path):
     assert lists, 'no package list of %s after the role' % SUITE
     # The JSON of --resolve names the suite and lists that suite's versions only.
     assert again.returncode == 0, again.stderr
-    expected = (SUITE, new_qemu['version'], [new_qemu['version']])
+    expected = (SUITE, new_qemu_version, [new_qemu_version])
     assert (resolved['suite'], resolved['version'], resolved['archive']) == expected, resolved
 
 
-def test_stale_lists_are_refreshed_once(new_qemu, tmp_path):
+def test_stale_lists_are_refreshed_once(new_qemu_version, tmp_path):
     """A version only in a suite whose package list is gone (stale lists of a fresh machine):
     --resolve without --suite runs apt-get update once and finds it."""
     lists = suite_lists(SUITE)
     if not any('_Packages' in p for p in lists):
         pytest.skip('apt has no package list of %s' % SUITE)
     with moved_away(lists, str(tmp_path / 'lists')):
-        run, resolved = resolve('--resolve', new_qemu['version'])
+        run, resolved = resolve('--resolve', new_qemu_version)
         refreshed = [p for p in suite_lists(SUITE) if '_Packages' in p]
     assert run.returncode == 0, run.stderr
     assert 'running apt-get update and looking again' in run.stderr
-    assert resolved['version'] == new_qemu['version'] and resolved['suite'] == '', resolved
+    assert resolved['version'] == new_qemu_version and resolved['suite'] == '', resolved
     assert refreshed, 'apt-get update fetched no list of %s' % SUITE

@@ -86,6 +86,8 @@ def test_missing_types(probed):
     assert missing_types(probed, ['virtio-net-pci', 'memory-backend-file', 'no-such-device']) == ['no-such-device']
     assert probed['types'] == {'virtio-net-pci': True, 'memory-backend-file': True, 'no-such-device': False}
     assert missing_types(probed, ['no-such-device']) == ['no-such-device']  # from the cache
+    # -device aliases (QEMU's qdev_alias_table)
+    assert missing_types(probed, ['virtio-serial', 'virtio-net', 'ahci', 'lsi']) == []
 
 
 @pytest.mark.parametrize('kind, message', [
