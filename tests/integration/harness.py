@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.abspath(TOOLS))
 
 import guestlog  # noqa: E402  (tools/guestlog.py)
 
-from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import qemu_processes  # noqa: E402
+from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import process_state, qemu_processes  # noqa: E402
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPError, QMPSession  # noqa: E402
 
 
@@ -123,15 +123,6 @@ def disk_records(image, last):
 
 def mode_of(path):
     return os.stat(path).st_mode & 0o777
-
-
-def process_state(pid):
-    """The state letter of ``pid`` in /proc (R, S, T for stopped, Z...), or None when it is gone."""
-    try:
-        with open('/proc/%d/stat' % pid) as handle:
-            return handle.read().rsplit(')', 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
 
 
 def socket_peer(path):
