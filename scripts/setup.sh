@@ -33,12 +33,14 @@ DEB_PACKAGES=(
     cpio            # the guest's initramfs
     xz-utils        # unpacking .debs (tools/)
     python3 python3-venv python3-pip
+    python3-packaging # ansible.builtin.pip in the hypervisor role (the molecule hosts cannot apt-get)
     git            # the file list of the sanity copy (scripts/test.sh)
     openssh-client # ansible's ssh connection for remote hypervisors
     openssh-server # the sshd of each molecule test host (molecule/default/testhosts.sh)
     rsync          # the sanity copy (scripts/test.sh)
     shellcheck     # ansible-test sanity's shellcheck test on scripts/ and tools/
     iproute2       # network namespaces and taps of the tap NIC test
+    chromium       # the headless browser of the rollout report test (tests/integration/test_report_html.py)
 )
 
 missing_packages() {

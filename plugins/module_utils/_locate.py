@@ -4,7 +4,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Finding a VM: by name (a VM of liveupdate.qemu.vm), by QMP socket or by pid;
 the QMP socket to reach a QEMU process at; its runtime paths when it is ours;
-and the check that the process behind a socket is the one that was found."""
+the check that the process behind a socket is the one that was found; and the
+refusal of a VM that libvirt runs, before anything connects to its monitor."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import os
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import canonical_path
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput
+from ansible_collections.liveupdate.qemu.plugins.module_utils._libvirt import in_libvirt_dir, libvirt_domain, refusal
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import QemuProcess, process_alive, qemu_processes
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import check_socket_path, socket_accepts
 from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import RuntimePaths, Vm, runs_vm
@@ -66,6 +68,27 @@ def reachable_socket(canonical, proc):
     return canonical
 
 
+def _naming(canonical):
+    """The QEMUs whose command line names QMP socket ``canonical`` (or a temporary twin of it)."""
+    return [p for p in qemu_processes() if canonical in map(canonical_path, p.cmdline.qmp_sockets())]
+
+
+def refuse_libvirt(procs, socket=None):
+    """InvalidInput when libvirt runs one of ``procs`` or ``socket`` lies in libvirt's directories
+    (its monitor: with the monitor passed as a file descriptor no command line names it)."""
+    for proc in procs:
+        libvirt = libvirt_domain(proc)
+        if libvirt:
+            raise InvalidInput('QEMU pid %d is %s' % (proc.pid, refusal(libvirt['domain'])))
+    if socket and in_libvirt_dir(socket):
+        raise InvalidInput("QMP socket %s lies in libvirt's directories: its VM is %s" % (socket, refusal()))
+
+
+def refuse_libvirt_socket(socket):
+    """InvalidInput when QMP socket ``socket`` is the monitor of a libvirt domain."""
+    refuse_libvirt(_naming(canonical_path(socket)), socket)
+
+
 def locate(params):
     """(QMP socket to connect to, QemuProcess or None) of the VM named by ``name``,
     ``socket`` or ``pid``. The socket exists (nothing is locked for a bogus path)."""
@@ -77,11 +100,13 @@ def locate(params):
         qmp_socket = reachable_socket(vm.paths.qmp_socket, proc)
     elif params.get('socket'):
         proc = None
+        refuse_libvirt_socket(params['socket'])
         qmp_socket = reachable_socket(params['socket'], None)
     else:
         proc = QemuProcess.from_pid(params['pid'])
         if proc is None:
             raise InvalidInput('pid %d is not a running QEMU' % params['pid'])
+        refuse_libvirt([proc])
         qmp_socket = qmp_socket_of(proc, managed_paths(proc, params['runtime_dir']))
         if not qmp_socket:
             raise InvalidInput('QEMU pid %d has no unix QMP socket' % proc.pid)
@@ -118,6 +143,7 @@ def connect_source(qmp, proc, runtime_dir):
         proc = QemuProcess.from_pid(qmp.peer_pid)
         if proc is None:
             raise InvalidInput('the process listening on %s is not QEMU' % qmp.path)
+        refuse_libvirt([proc])
     elif qmp.peer_pid != proc.pid:
         raise InvalidInput('QMP socket %s belongs to pid %d, not to QEMU pid %d' % (qmp.path, qmp.peer_pid, proc.pid))
     return Source(proc, qmp.path, managed_paths(proc, runtime_dir))

@@ -12,6 +12,7 @@ import math
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import LiveUpdateError, shorten
+from ansible_collections.liveupdate.qemu.plugins.module_utils._locate import refuse_libvirt_socket
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import (
     DEFAULT_TIMEOUT, HAS_QEMU_QMP, QEMU_QMP_IMPORT_ERROR, QEMU_QMP_REQUIREMENT, QMPSession,
 )
@@ -64,8 +65,10 @@ class LiveUpdateModule(AnsibleModule):
         self.fail_json(msg=str(exc), **result)
 
     def qmp_socket(self):
-        """The QMP socket named by ``socket`` or by the VM ``name`` under ``runtime_dir``."""
+        """The QMP socket named by ``socket`` or by the VM ``name`` under ``runtime_dir``; never the
+        monitor of a libvirt domain (InvalidInput: libvirt must stay its only client)."""
         if self.params.get('socket'):
+            refuse_libvirt_socket(self.params['socket'])
             return self.params['socket']
         return RuntimePaths(self.params['runtime_dir'], self.params['name']).qmp_socket
 

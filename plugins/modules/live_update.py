@@ -12,7 +12,7 @@ module: live_update
 short_description: Move a running VM onto a new QEMU process started from another binary
 version_added: 0.1.0
 author:
-  - liveupdate.qemu maintainers (!UNKNOWN)
+  - liveupdate.qemu maintainers (@liveupdate)
 description:
   - Migrates a running (or paused) VM locally onto a new QEMU process started from O(target_binary), with the
     migration capability C(x-ignore-shared) on both sides, so that guest RAM stays in its shared memory file and
@@ -140,6 +140,12 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     details: Runs preflight and returns the plan; no destination is started (the target binary is only probed).
+notes:
+  - VMs managed by libvirt are refused at the first step, by O(pid) or O(socket) alike, before anything connects to
+    their monitor. libvirt holds their QMP monitor and their process and does not migrate a domain within one host;
+    an update behind its back would end the process libvirt holds, and libvirt would take the domain for crashed.
+    Update such VMs through libvirt - C(virsh migrate --live) to another host, C(virsh managedsave) then
+    C(virsh start), or a restart of the domain. M(liveupdate.qemu.vm_info) lists them as not eligible (C(libvirt)).
 seealso:
   - module: liveupdate.qemu.vm_info
 '''

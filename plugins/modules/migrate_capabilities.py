@@ -12,7 +12,7 @@ module: migrate_capabilities
 short_description: Set QEMU migration capabilities
 version_added: 0.1.0
 author:
-  - liveupdate.qemu maintainers (!UNKNOWN)
+  - liveupdate.qemu maintainers (@liveupdate)
 description:
   - Makes each named migration capability true or false on a running QEMU. Only the capabilities whose
     state differs are sent, in one C(migrate-set-capabilities) command.

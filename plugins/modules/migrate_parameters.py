@@ -12,7 +12,7 @@ module: migrate_parameters
 short_description: Set QEMU migration parameters
 version_added: 0.1.0
 author:
-  - liveupdate.qemu maintainers (!UNKNOWN)
+  - liveupdate.qemu maintainers (@liveupdate)
 description:
   - Sets named migration parameters (C(max-bandwidth), C(downtime-limit), ...) on a running QEMU.
     Only the parameters whose value differs are sent, in one C(migrate-set-parameters) command.

@@ -12,7 +12,7 @@ module: qmp_command
 short_description: Run one QMP command on a running QEMU
 version_added: 0.1.0
 author:
-  - liveupdate.qemu maintainers (!UNKNOWN)
+  - liveupdate.qemu maintainers (@liveupdate)
 description:
   - Sends one QEMU Machine Protocol command with its arguments and returns QEMU's answer.
   - Commands that only read (C(query-*), C(qom-get), C(qom-list)) report no change and also run in check mode.
@@ -37,6 +37,11 @@ attributes:
   check_mode:
     support: partial
     details: Read-only commands run; other commands are not sent and report a change.
+notes:
+  - Never point O(socket) at the monitor of a VM that libvirt runs (C(monitor.sock) under C(/var/lib/libvirt/qemu)).
+    libvirt holds that monitor - a second client waits on libvirt's connection, and a command sent while libvirt is
+    away changes the VM behind libvirt's back. Use C(virsh qemu-monitor-command) for such a VM.
+    M(liveupdate.qemu.vm_info) tells which VMs libvirt runs (C(libvirt)).
 '''
 
 EXAMPLES = r'''
@@ -46,9 +51,9 @@ EXAMPLES = r'''
     command: query-status
   register: web1_status
 
-- name: Pause a QEMU that was not launched by this collection
+- name: Pause a QEMU started by hand (-qmp unix:/run/vms/db1.qmp,server=on,wait=off)
   liveupdate.qemu.qmp_command:
-    socket: /var/lib/libvirt/qemu/domain-1-db/monitor.sock
+    socket: /run/vms/db1.qmp
     command: stop
 
 - name: Read the resolved machine type

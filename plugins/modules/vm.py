@@ -12,7 +12,7 @@ module: vm
 short_description: Start or stop a live-updatable QEMU VM
 version_added: 0.1.0
 author:
-  - liveupdate.qemu maintainers (!UNKNOWN)
+  - liveupdate.qemu maintainers (@liveupdate)
 description:
   - Starts a QEMU VM whose guest RAM is a C(memory-backend-file) with C(share=on) in O(memory_dir) (or, with
     O(memory_backend=memfd), a shared memfd), so that M(liveupdate.qemu.live_update) can later move it to another

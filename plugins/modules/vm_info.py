@@ -12,7 +12,7 @@ module: vm_info
 short_description: Find the QEMU VMs on a host and tell which can be live-updated
 version_added: 0.1.0
 author:
-  - liveupdate.qemu maintainers (!UNKNOWN)
+  - liveupdate.qemu maintainers (@liveupdate)
 description:
   - Lists every QEMU process on the host, launched by M(liveupdate.qemu.vm) or not.
   - For each process with a unix QMP socket it asks QEMU for its version, run state, resolved machine type,
@@ -25,6 +25,8 @@ description:
     (all RAM in C(memory-backend-file) objects with C(share=on)). Otherwise C(ineligible_reasons) says why.
   - C(transfer_modes) says, for each mode of M(liveupdate.qemu.live_update)'s O(liveupdate.qemu.live_update#module:transfer_mode),
     why the VM cannot take it (an empty list when it can), and C(transfer_mode) which one C(auto) would use.
+  - A QEMU that libvirt runs (a libvirt domain) is listed under its domain name with C(libvirt) set, and is never
+    eligible. Its QMP monitor is not asked, so C(running), C(status) and the other QMP facts are C(null); see the notes.
 options:
   target_binary:
     description:
@@ -42,6 +44,14 @@ extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 requirements:
   - jmespath (for O(query))
+notes:
+  - VMs managed by libvirt are not handled by this collection. libvirt holds their QMP monitor (which serves one
+    client at a time) and their process, and does not migrate a domain within one host. A second QMP client would
+    wait on libvirt's connection, or act behind libvirt's back when libvirt is away, and libvirt's view of the domain
+    would no longer match it. Update such VMs through libvirt instead - C(virsh migrate --live) to another host,
+    C(virsh managedsave) then C(virsh start) (the domain comes back on the installed QEMU), or a restart of the domain.
+  - A process is libvirt's when libvirt's pidfile, cgroup or daemon names it, or when its command line has two of
+    libvirt's marks, one of them a libvirt file (see C(libvirt) below, and C(docs/libvirt.md) of the collection).
 seealso:
   - module: liveupdate.qemu.vm
 '''
@@ -50,6 +60,11 @@ EXAMPLES = r'''
 - name: Every QEMU on the host
   liveupdate.qemu.vm_info:
   register: host_vms
+
+- name: The libvirt domains on the host (to update through libvirt, not with this collection)
+  liveupdate.qemu.vm_info:
+    query: "[?libvirt].libvirt.domain"
+  register: libvirt_domains
 
 - name: The VMs that run an outdated QEMU and can be updated in place
   liveupdate.qemu.vm_info:
@@ -65,11 +80,22 @@ vms:
   type: list
   elements: dict
   contains:
-    name: {description: VM name from C(-name)., type: str, returned: always}
+    name: {description: 'VM name from C(-name); for a libvirt domain, its domain name.', type: str, returned: always}
     pid: {description: Process id., type: int, returned: always}
     managed: {description: Whether M(liveupdate.qemu.vm) launched it., type: bool, returned: always}
     runtime_dir: {description: Its runtime directory when managed., type: str, returned: always}
-    qmp_socket: {description: The unix QMP socket used; null when it has none., type: str, returned: always}
+    qmp_socket:
+      description: The unix QMP socket used; null when it has none, or when libvirt runs the VM (the monitor is libvirt's).
+      type: str
+      returned: always
+    libvirt:
+      description: >-
+        When libvirt runs the VM, its C(domain) name and the C(markers) that told so - on its command line
+        C(name-debug-threads), C(master-key), C(charmonitor), C(libvirt-path), of the process C(libvirt-pidfile),
+        C(libvirt-cgroup), C(libvirt-parent). C(null) for any other QEMU. Such a VM is never eligible.
+      type: dict
+      returned: always
+      sample: {"domain": "db", "markers": ["name-debug-threads", "master-key", "charmonitor", "libvirt-path"]}
     argv: {description: Command line., type: list, elements: str, returned: always}
     binary:
       description: The binary the process runs, C(deleted) and C(replaced) on disk since it started.

@@ -201,3 +201,43 @@ def test_runs_vm_and_serves_twin():
     other = QemuProcess(3, ['qemu', '-qmp', 'unix:/run/lu/web/qmp.sock,server=on,wait=off'], '/usr/bin/qemu')
     assert [runs_vm(p, paths, {'memory_file': None}) for p in (source, dest, other)] == [True, True, False]
     assert [serves_twin(p, paths.qmp_socket) for p in (source, dest, other)] == [False, True, False]
+
+
+# --- a VM that libvirt runs: refused before anything connects to its monitor --
+
+def libvirt_args(domain_dir, monitor):
+    """The marks of a libvirt command line (see test_libvirt); ``monitor``: its socket, path=... or fd=..."""
+    return ['-name', 'guest=db,debug-threads=on',
+            '-object', 'secret,id=masterKey0,format=raw,file=%s/master-key.aes' % domain_dir,
+            '-chardev', 'socket,id=charmonitor,%s,server=on,wait=off' % monitor,
+            '-mon', 'chardev=charmonitor,id=monitor,mode=control']
+
+
+def test_locate_refuses_libvirt(tmp_path, qmp_server):
+    domain_dir = tmp_path / 'domain-1-db'
+    domain_dir.mkdir()
+    path = str(domain_dir / 'monitor.sock')
+    child = qmp_server(path, *libvirt_args(domain_dir, 'path=' + path))
+    refused = r'QEMU pid %d is managed by libvirt \(domain db\): libvirt holds its QMP monitor' % child.pid
+    with pytest.raises(InvalidInput, match=refused):
+        locate(params(tmp_path, pid=child.pid))
+    with pytest.raises(InvalidInput, match=refused):
+        locate(params(tmp_path, socket=path))
+
+
+def test_locate_refuses_a_socket_in_libvirts_directories(tmp_path):
+    """libvirt passes its monitor to QEMU as a file descriptor: no command line names the socket."""
+    path = str(tmp_path / 'libvirt' / 'qemu' / 'domain-1-db' / 'monitor.sock')
+    with pytest.raises(InvalidInput, match="QMP socket %s lies in libvirt's directories: its VM is managed by "
+                                           "libvirt: " % re.escape(path)):
+        locate(params(tmp_path, socket=path))
+
+
+def test_connect_source_refuses_libvirt(tmp_path, qmp_server):
+    """A socket outside libvirt's directories that a QEMU of libvirt's serves (a monitor handed over
+    as a file descriptor, found through the socket's peer)."""
+    path = str(tmp_path / 'monitor.sock')
+    child = qmp_server(path, *libvirt_args(tmp_path / 'domain-1-db', 'fd=30'))
+    with QMPSession(path, 2) as qmp:
+        with pytest.raises(InvalidInput, match=r'QEMU pid %d is managed by libvirt \(domain db\)' % child.pid):
+            connect_source(qmp, None, str(tmp_path))

@@ -1,0 +1,132 @@
+# -*- coding: utf-8 -*-
+# Copyright: liveupdate.qemu contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The rolling_update role's filters: growing batches and report rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.liveupdate.qemu.plugins.filter.rollout import report_line, report_rows, rollout_batches
+
+BASE = dict(host='h1', vm='-', old_version='', old_package='', new_version='', new_package='', guest_pause_ms=None,
+            transfer_mode='', result='', msg='', finished='', duration_s=None)
+
+
+def vms(count):
+    return [dict(name='vm%d' % i, pid=100 + i, qmp_socket='/run/lu/vm%d.qmp' % i) for i in range(1, count + 1)]
+
+
+@pytest.mark.parametrize('count, sizes, expected', [
+    (100, [1, 5, 25, 100], [1, 5, 25, 69]),
+    (10, [1, 5, 25, 100], [1, 5, 4]),
+    (7, [2], [2, 2, 2, 1]),
+    (7, 3, [3, 3, 1]),
+    (7, '3', [3, 3, 1]),
+    (7, '1,2', [1, 2, 2, 2]),
+    (1, [1, 5], [1]),
+    (0, [1, 5], []),
+])
+def test_batches_grow_and_the_last_size_repeats(count, sizes, expected):
+    batches = rollout_batches(vms(count), sizes)
+    assert [len(b['vms']) for b in batches] == expected
+    assert [vm['name'] for b in batches for vm in b['vms']] == ['vm%d' % i for i in range(1, count + 1)]
+    assert [t['socket'] for b in batches for t in b['targets']] == [vm['qmp_socket'] for vm in vms(count)]
+    assert all(b['last'] - b['first'] + 1 == len(b['vms']) for b in batches)
+    assert [b['first'] for b in batches] == [1 + sum(expected[:i]) for i in range(len(expected))]
+
+
+@pytest.mark.parametrize('sizes', [[0], [1, 0], [], ['x'], None])
+def test_bad_batch_sizes_are_refused(sizes):
+    with pytest.raises(AnsibleFilterError, match='rollout_batches'):
+        rollout_batches(vms(3), sizes)
+
+
+def result(name, **fields):
+    out = dict(vm=dict(name=name, qmp_socket='/s'), changed=True, old=dict(version='7.2.22', package='1:7.2+a'),
+               new=dict(version='10.0.2', package='1:10.0.2+b'), guest_pause_ms=6.5, transfer_mode='x-ignore-shared',
+               timings=dict(engine=0.1234))
+    out.update(fields)
+    return out
+
+
+def test_rows_from_live_update_results():
+    results = [result('a'), result('b', failed=True, msg='migration failed\nrolled back', new=None,
+                                   target=dict(version='10.0.2', package='p')),
+               result('c', changed=False, guest_pause_ms=None, timings={}), result('d'),
+               dict(vm='e', failed=True, msg='no such VM')]
+    rows = report_rows(results, BASE, 'live_update', unhealthy=['d'], finished='2026-11-29T05:00:00Z')
+    assert [(r['vm'], r['result']) for r in rows] == [
+        ('a', 'updated'), ('b', 'failed'), ('c', 'unchanged'), ('d', 'unhealthy'), ('e', 'failed')]
+    a = rows[0]
+    assert (a['host'], a['old_version'], a['new_package'], a['guest_pause_ms'], a['duration_s'], a['finished']) == (
+        'h1', '7.2.22', '1:10.0.2+b', 6.5, 0.123, '2026-11-29T05:00:00Z')
+    assert rows[1]['new_version'] == '10.0.2' and rows[1]['msg'] == 'migration failed\nrolled back'
+    assert rows[2]['duration_s'] is None
+    assert set(rows[4]) == set(BASE)
+
+
+def test_rows_of_vms_left_alone():
+    vm = dict(name='x', pid=1, running=dict(version='10.0.2', package='p'))
+    (row,) = report_rows([vm], BASE, 'unchanged')
+    assert (row['vm'], row['result'], row['old_version'], row['new_version']) == ('x', 'unchanged', '10.0.2', '10.0.2')
+
+
+def info(name, **fields):
+    out = dict(name=name, pid=1, qmp_socket='/run/lu/%s.qmp' % name, libvirt=None,
+               running=dict(version='7.2.22', package='old'), target=None, eligible=True,
+               ineligible_reasons=[], transfer_mode='x-ignore-shared',
+               transfer_modes={'cpr-transfer': ['source is QEMU 7.2.22'], 'x-ignore-shared': [],
+                               'full-copy': []})
+    out.update(fields)
+    return out
+
+
+def test_plan_from_preflight_when_the_target_was_probed():
+    preflight = [dict(vm=dict(name='a'), changed=True, transfer_mode='x-ignore-shared'),
+                 dict(vm=dict(name='b'), failed=True, msg='machine type pc-q35-10.0 unknown'),
+                 dict(vm=dict(name='c'), changed=False)]
+    rows = report_rows([info('a'), info('b'), info('c')], BASE, 'plan', preflight=preflight, new_version='10.0.2')
+    assert [(r['vm'], r['result'], r['msg']) for r in rows] == [
+        ('a', 'planned', ''), ('b', 'refused', 'machine type pc-q35-10.0 unknown'), ('c', 'unchanged', '')]
+
+
+def test_plan_from_eligibility_when_the_target_is_not_staged():
+    private = info('p', eligible=False, transfer_mode=None, ineligible_reasons=['RAM not in a share=on file'],
+                   transfer_modes={'cpr-transfer': ['x'], 'x-ignore-shared': ['RAM not in a share=on file'],
+                                   'full-copy': []})
+    rows = report_rows([info('a'), private], BASE, 'plan', preflight=None, new_version='10.0.2')
+    assert [(r['vm'], r['result'], r['transfer_mode']) for r in rows] == [
+        ('a', 'planned', 'x-ignore-shared'), ('p', 'refused', '')]
+    assert rows[0]['new_version'] == '10.0.2' and 'not staged' in rows[0]['msg']
+    assert rows[1]['msg'] == 'RAM not in a share=on file'
+    full = report_rows([private], BASE, 'plan', allow_full_copy=True)[0]
+    assert (full['result'], full['transfer_mode']) == ('planned', 'full-copy')
+    asked = report_rows([info('a')], BASE, 'plan', transfer_mode='cpr-transfer')[0]
+    assert (asked['result'], asked['msg']) == ('refused', 'source is QEMU 7.2.22')
+
+
+def test_vms_no_socket_of_ours_reaches_are_refused():
+    reason = 'managed by libvirt (domain web): libvirt holds its QMP monitor'
+    libvirt = info('web', qmp_socket=None, libvirt=dict(domain='web'), eligible=False, transfer_mode=None,
+                   ineligible_reasons=[reason], running=None)
+    (row,) = report_rows([libvirt], BASE, 'plan')
+    assert (row['result'], row['msg'], row['old_version']) == ('refused', reason, '')
+    (row,) = report_rows([info('x', qmp_socket=None)], BASE, 'plan')
+    assert (row['result'], row['msg']) == ('refused', 'no QMP unix socket of its own reaches it')
+
+
+def test_unknown_source_is_refused():
+    with pytest.raises(AnsibleFilterError, match='source'):
+        report_rows([], BASE, 'nonsense')
+
+
+def test_report_line_is_one_line():
+    row = dict(BASE, vm='a', result='updated', old_version='7.2.22', old_package='o', new_version='10.0.2',
+               new_package='n', transfer_mode='x-ignore-shared', guest_pause_ms=6.5)
+    assert report_line(row) == 'h1 a: updated 7.2.22 (o) -> 10.0.2 (n) by x-ignore-shared, guest paused 6.5 ms'
+    failed = dict(BASE, vm='b', result='failed', msg='one\n  two\tthree')
+    assert report_line(failed) == 'h1 b: failed: one two three'
