@@ -72,8 +72,9 @@ class LiveUpdateModule(AnsibleModule):
             return self.params['socket']
         return RuntimePaths(self.params['runtime_dir'], self.params['name']).qmp_socket
 
-    def qmp_session(self):
-        return QMPSession(self.qmp_socket(), self.params['timeout'])
+    def qmp_session(self, socket=None):
+        """A session on ``socket``, by default on qmp_socket()."""
+        return QMPSession(socket or self.qmp_socket(), self.params['timeout'])
 
     def run(self, work):
         """Call ``work()`` and exit with its result: the one failure path of every module.

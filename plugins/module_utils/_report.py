@@ -35,7 +35,8 @@ FORMATS = ('json', 'text', 'html')
 EXTENSIONS = dict(json='.json', text='.txt', html='.html')
 
 # Results of a row; the VM counts of the summary have one key each (a space becomes _).
-VM_RESULTS = ('updated', 'unchanged', 'planned', 'refused', 'failed', 'unhealthy', 'unreachable', 'not started')
+VM_RESULTS = ('updated', 'unchanged', 'planned', 'skipped', 'refused', 'failed', 'unhealthy', 'unreachable',
+              'not started')
 # A row with one of these is a failure (and so is a result not known here).
 FAILED_RESULTS = ('failed', 'unhealthy', 'refused', 'unreachable', 'not started')
 HOST_RESULTS = ('done', 'failed', 'unreachable', 'not started')
@@ -443,7 +444,7 @@ pre { margin: 6px 0 0; white-space: pre-wrap; overflow-wrap: anywhere; font: 12.
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600;
   white-space: nowrap; border: 1px solid transparent; }
 .r-updated, .r-done { background: #dafbe1; color: #116329; } .r-unchanged { background: #eaeef2; color: #424a53; }
-.r-planned { background: #ddf4ff; color: #0a3069; } .r-failed, .r-other { background: #ffebe9; color: #a40e26; border-color: #ff8182; }
+.r-planned { background: #ddf4ff; color: #0a3069; } .r-skipped { background: #f6f8fa; color: #57606a; } .r-failed, .r-other { background: #ffebe9; color: #a40e26; border-color: #ff8182; }
 .r-unhealthy { background: #fff1e5; color: #953800; border-color: #fb8f44; }
 .r-refused { background: #fff8c5; color: #7d4e00; border-color: #d4a72c; }
 .r-unreachable { background: #fbefff; color: #6e2a8c; border-color: #c297ff; }

@@ -97,7 +97,7 @@ def main():
         socket = module.qmp_socket()
         if module.check_mode and not read_only:
             return dict(changed=True, result={}, socket=socket)
-        with module.qmp_session() as qmp:
+        with module.qmp_session(socket) as qmp:
             result = qmp.execute(command, module.params['arguments'])
         return dict(changed=not read_only, result=result, socket=socket)
 

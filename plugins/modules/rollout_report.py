@@ -10,7 +10,7 @@ DOCUMENTATION = r'''
 ---
 module: rollout_report
 short_description: Write the report of a QEMU live-update rollout (JSON, text, HTML, Prometheus)
-version_added: 0.2.0
+version_added: 0.1.0
 author:
   - liveupdate.qemu maintainers (@liveupdate)
 description:
@@ -34,8 +34,9 @@ options:
         C(new_version), C(new_package), C(guest_pause_ms) (a number or null), C(transfer_mode), C(msg) (may
         span lines), and optionally C(finished) (ISO 8601 UTC, when the row was recorded) and C(duration_s)
         (how long the VM's update took). Other keys are kept in the JSON file.
-      - C(result) is one of C(updated), C(unchanged), C(planned), C(refused), C(failed), C(unhealthy),
-        C(unreachable), C(not started); another value is reported as a failure, with a warning.
+      - C(result) is one of C(updated), C(unchanged), C(planned), C(skipped) (not this collection's to update, for
+        example a libvirt domain), C(refused), C(failed), C(unhealthy), C(unreachable), C(not started); another value
+        is reported as a failure, with a warning.
     type: list
     elements: dict
     required: true
@@ -77,7 +78,7 @@ options:
         description: The C(live_update_max_fail_percentage) of the rollout.
         type: int
       serial:
-        description: The C(live_update_serial) of the rollout (a number or a percentage).
+        description: The C(live_update_serial) of the rollout (a number, a percentage, or a list of them as text).
         type: raw
   dest:
     description: The directory of the report files; created when missing.
@@ -121,7 +122,7 @@ EXAMPLES = r'''
       finished: "2026-11-29T05:12:34Z"
       check_mode: "{{ ansible_check_mode }}"
       target: "10.0.2 (1:10.0.2+ds-2+deb13u1~bpo12+1)"
-      collection_version: 0.2.0
+      collection_version: 0.1.0
       playbook: liveupdate.qemu.live_update
       max_fail_percentage: 0
       serial: "1"
@@ -163,7 +164,8 @@ summary:
     vms:
       description: >-
         VM rows (not the host rows, C(vm=-)) C(total), and how many have each result (C(updated), C(unchanged),
-        C(planned), C(refused), C(failed), C(unhealthy), C(unreachable), C(not_started), and any other result).
+        C(planned), C(skipped), C(refused), C(failed), C(unhealthy), C(unreachable), C(not_started), and any other
+        result).
       type: dict
       returned: always
       sample: {"total": 30, "updated": 28, "unchanged": 1, "failed": 1, "planned": 0}

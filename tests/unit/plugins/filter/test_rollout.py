@@ -54,25 +54,39 @@ def result(name, **fields):
 
 
 def test_rows_from_live_update_results():
-    results = [result('a'), result('b', failed=True, msg='migration failed\nrolled back', new=None,
-                                   target=dict(version='10.0.2', package='p')),
+    batch = [dict(name=n, pid=i, qmp_socket='/run/lu/%s.qmp' % n, running=dict(version='7.2.22', package='1:7.2+a'))
+             for i, n in enumerate('abcdefg')]
+    results = [result('a'), result('b', failed=True, step='migrate', rolled_back=True, msg='migration failed\nboom',
+                                   new=None, target=dict(version='10.0.2', package='p')),
                result('c', changed=False, guest_pause_ms=None, timings={}), result('d'),
-               dict(vm='e', failed=True, msg='no such VM')]
-    rows = report_rows(results, BASE, 'live_update', unhealthy=['d'], finished='2026-11-29T05:00:00Z')
+               # failed before it was found: only the socket it was asked by
+               dict(vm=dict(socket='/run/lu/e.qmp'), failed=True, changed=False, msg='no such VM')]
+    for item in results[:4]:
+        item['vm']['qmp_socket'] = '/run/lu/%s.qmp' % item['vm']['name']
+    rows = report_rows(results, BASE, 'live_update', vms=batch, unhealthy=['d'], finished='2026-11-29T05:00:00Z')
     assert [(r['vm'], r['result']) for r in rows] == [
-        ('a', 'updated'), ('b', 'failed'), ('c', 'unchanged'), ('d', 'unhealthy'), ('e', 'failed')]
+        ('a', 'updated'), ('b', 'failed'), ('c', 'unchanged'), ('d', 'unhealthy'), ('e', 'failed'),
+        ('f', 'not started'), ('g', 'not started')]
     a = rows[0]
     assert (a['host'], a['old_version'], a['new_package'], a['guest_pause_ms'], a['duration_s'], a['finished']) == (
         'h1', '7.2.22', '1:10.0.2+b', 6.5, 0.123, '2026-11-29T05:00:00Z')
-    assert rows[1]['new_version'] == '10.0.2' and rows[1]['msg'] == 'migration failed\nrolled back'
+    assert rows[1]['new_version'] == '10.0.2'
+    assert rows[1]['msg'] == 'at migrate (rolled back: True): migration failed\nboom'
     assert rows[2]['duration_s'] is None
-    assert set(rows[4]) == set(BASE)
+    assert rows[4]['old_version'] == '7.2.22' and set(rows[4]) == set(BASE)
+    lost = report_rows(None, BASE, 'live_update', vms=batch[:2], missing='unreachable', missing_msg='lost')
+    assert [(r['vm'], r['result'], r['msg']) for r in lost] == [('a', 'unreachable', 'lost'), ('b', 'unreachable', 'lost')]
 
 
-def test_rows_of_vms_left_alone():
-    vm = dict(name='x', pid=1, running=dict(version='10.0.2', package='p'))
-    (row,) = report_rows([vm], BASE, 'unchanged')
-    assert (row['vm'], row['result'], row['old_version'], row['new_version']) == ('x', 'unchanged', '10.0.2', '10.0.2')
+def test_rows_of_vms_from_vm_info():
+    vm = dict(name='x', pid=1, running=dict(version='10.0.2', package='p'), ineligible_reasons=['managed by libvirt'])
+    (row,) = report_rows([vm], BASE, 'vm_info')
+    assert (row['vm'], row['result'], row['old_version'], row['new_version'], row['msg']) == (
+        'x', 'unchanged', '10.0.2', '10.0.2', '')
+    (row,) = report_rows([vm], BASE, 'vm_info', result='skipped')
+    assert (row['result'], row['msg']) == ('skipped', 'managed by libvirt')
+    (row,) = report_rows([dict(vm, name=None, pid=42)], BASE, 'vm_info', result='not started', msg='stopped')
+    assert (row['vm'], row['result'], row['msg']) == ('pid 42', 'not started', 'stopped')
 
 
 def info(name, **fields):
@@ -86,27 +100,47 @@ def info(name, **fields):
 
 
 def test_plan_from_preflight_when_the_target_was_probed():
+    # results in the order of the VMs; one failed before it was found (no name)
     preflight = [dict(vm=dict(name='a'), changed=True, transfer_mode='x-ignore-shared'),
-                 dict(vm=dict(name='b'), failed=True, msg='machine type pc-q35-10.0 unknown'),
+                 dict(vm=dict(socket='/run/lu/b.qmp'), failed=True, msg='machine type pc-q35-10.0 unknown'),
                  dict(vm=dict(name='c'), changed=False)]
-    rows = report_rows([info('a'), info('b'), info('c')], BASE, 'plan', preflight=preflight, new_version='10.0.2')
-    assert [(r['vm'], r['result'], r['msg']) for r in rows] == [
-        ('a', 'planned', ''), ('b', 'refused', 'machine type pc-q35-10.0 unknown'), ('c', 'unchanged', '')]
+    staged = dict(version='10.0.2', package='n')
+    vms = [info('a', target=staged), info('b', target=staged), info('c', target=staged)]
+    rows = report_rows(vms, BASE, 'plan', preflight=preflight)
+    assert [(r['vm'], r['result'], r['msg'], r['new_version']) for r in rows] == [
+        ('a', 'planned', '', '10.0.2'), ('b', 'refused', 'machine type pc-q35-10.0 unknown', '10.0.2'),
+        ('c', 'unchanged', '', '10.0.2')]
+    # a real run that a refusal stopped: the others are not started
+    rows = report_rows(vms, BASE, 'plan', preflight=preflight, planned_as='not started', planned_msg='refused another')
+    assert [(r['result'], r['msg']) for r in rows][0] == ('not started', 'refused another')
+    with pytest.raises(AnsibleFilterError, match='2 preflight results for 3 VMs'):
+        report_rows(vms, BASE, 'plan', preflight=preflight[:2])
 
 
 def test_plan_from_eligibility_when_the_target_is_not_staged():
     private = info('p', eligible=False, transfer_mode=None, ineligible_reasons=['RAM not in a share=on file'],
                    transfer_modes={'cpr-transfer': ['x'], 'x-ignore-shared': ['RAM not in a share=on file'],
                                    'full-copy': []})
-    rows = report_rows([info('a'), private], BASE, 'plan', preflight=None, new_version='10.0.2')
+    rows = report_rows([info('a', target=dict(version='7.2.22', package='installed')), private], BASE, 'plan',
+                       preflight=None, new_version='10.0.2', new_package='n')
     assert [(r['vm'], r['result'], r['transfer_mode']) for r in rows] == [
         ('a', 'planned', 'x-ignore-shared'), ('p', 'refused', '')]
-    assert rows[0]['new_version'] == '10.0.2' and 'not staged' in rows[0]['msg']
+    assert (rows[0]['new_version'], rows[0]['new_package']) == ('10.0.2', 'n') and 'not staged' in rows[0]['msg']
     assert rows[1]['msg'] == 'RAM not in a share=on file'
+    unknown = report_rows([info('a')], BASE, 'plan', new_version=None, new_package='1:10.0.2+ds-2+deb13u1~bpo12+1')[0]
+    assert unknown['new_version'] == '10.0.2'
     full = report_rows([private], BASE, 'plan', allow_full_copy=True)[0]
     assert (full['result'], full['transfer_mode']) == ('planned', 'full-copy')
     asked = report_rows([info('a')], BASE, 'plan', transfer_mode='cpr-transfer')[0]
     assert (asked['result'], asked['msg']) == ('refused', 'source is QEMU 7.2.22')
+    # a full copy allowed does not hide what keeps the VM from any update
+    stuck = dict(private, ineligible_reasons=['run state is postmigrate', 'RAM not in a share=on file'])
+    row = report_rows([stuck], BASE, 'plan', allow_full_copy=True)[0]
+    assert (row['result'], row['msg']) == ('refused', 'run state is postmigrate')
+    # a VM whose QMP failed has no transfer modes: no invented reason
+    broken = info('q', transfer_modes={}, transfer_mode=None, ineligible_reasons=['QMP: timeout'])
+    row = report_rows([broken], BASE, 'plan', transfer_mode='x-ignore-shared')[0]
+    assert (row['result'], row['msg']) == ('refused', 'QMP: timeout')
 
 
 def test_vms_no_socket_of_ours_reaches_are_refused():

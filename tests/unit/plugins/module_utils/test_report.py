@@ -101,7 +101,7 @@ def test_summary():
     report = Report(rows, hosts, ROLLOUT)
     summary = report.summary
     assert summary['hosts'] == dict(total=3, done=1, failed=0, unreachable=1, not_started=1)
-    assert summary['vms'] == dict(total=4, updated=2, unchanged=1, planned=0, refused=0, failed=1, unhealthy=0,
+    assert summary['vms'] == dict(total=4, updated=2, unchanged=1, planned=0, skipped=0, refused=0, failed=1, unhealthy=0,
                                   unreachable=0, not_started=0)
     assert summary['progress'] == dict(hosts_done=1, hosts_total=3, vms_done=3, vms_total=4)
     assert summary['pause_ms'] == dict(count=2, median=15.0, p95=20, max=20, min=10)
@@ -128,7 +128,7 @@ def test_planned_is_not_done_outside_a_plan():
 
 def test_empty_report():
     report = Report([], [], None)
-    assert report.summary['vms'] == dict(total=0, updated=0, unchanged=0, planned=0, refused=0, failed=0,
+    assert report.summary['vms'] == dict(total=0, updated=0, unchanged=0, planned=0, skipped=0, refused=0, failed=0,
                                          unhealthy=0, unreachable=0, not_started=0)
     assert report.summary['ok'] is True and report.summary['duration_s'] is None
     assert report.lines()[-1] == '0 VMs: 0 updated, 0 failed; 0 hosts: 0 done'
