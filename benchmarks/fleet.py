@@ -404,7 +404,7 @@ def multi_host(args, ansible, workdir, results):
                 log('%s: VMs up in %.1f s; load %s; running the rollout playbook' % (label, start_s, loadavg()))
                 report_dir = os.path.join(workdir, 'reports-' + label)
                 extra = rollout_vars(args, names, batch, concurrency, report_dir)
-                if batch:  # else the playbook's default serial (a canary host, then wider)
+                if batch:  # else the playbook's default serial (growing batches of hosts)
                     extra.update(live_update_serial=args.hosts)
                 run = ansible.playbook('rollout-' + label, PLAYBOOK, inventory, extra, check=False, extra_env=dict(
                     ANSIBLE_FORKS=str(max(5, args.hosts)), ANSIBLE_PIPELINING='True' if pipelining else 'False'))

@@ -57,20 +57,20 @@ def own_socket(proc, canonical):
     return (_twins([proc], canonical) or [canonical])[0]
 
 
-def reachable_socket(canonical, proc):
-    """``canonical``, unless a temporary twin that ``proc`` (or, when not known, any QEMU)
-    listens on exists and nobody listens on ``canonical``: the destination of an update
-    interrupted before it renamed its sockets (the source that left ``canonical`` may have
-    quit, or been left behind)."""
-    twins = _twins([proc] if proc is not None else qemu_processes(), canonical)
+def reachable_socket(canonical, proc, procs=None):
+    """``canonical``, unless a temporary twin that ``proc`` (or, when not known, any QEMU of
+    ``procs``, by default all) listens on exists and nobody listens on ``canonical``: the
+    destination of an update interrupted before it renamed its sockets (the source that left
+    ``canonical`` may have quit, or been left behind)."""
+    twins = _twins([proc] if proc is not None else (procs if procs is not None else qemu_processes()), canonical)
     if twins and not socket_accepts(canonical):
         return twins[0]
     return canonical
 
 
-def _naming(canonical):
-    """The QEMUs whose command line names QMP socket ``canonical`` (or a temporary twin of it)."""
-    return [p for p in qemu_processes() if canonical in map(canonical_path, p.cmdline.qmp_sockets())]
+def _naming(canonical, procs):
+    """The QEMUs of ``procs`` whose command line names QMP socket ``canonical``."""
+    return [p for p in procs if canonical in map(canonical_path, p.cmdline.qmp_sockets())]
 
 
 def refuse_libvirt(procs, socket=None):
@@ -84,9 +84,10 @@ def refuse_libvirt(procs, socket=None):
         raise InvalidInput("QMP socket %s lies in libvirt's directories: its VM is %s" % (socket, refusal()))
 
 
-def refuse_libvirt_socket(socket):
-    """InvalidInput when QMP socket ``socket`` is the monitor of a libvirt domain."""
-    refuse_libvirt(_naming(canonical_path(socket)), socket)
+def refuse_libvirt_socket(socket, procs=None):
+    """InvalidInput when QMP socket ``socket`` is the monitor of a libvirt domain (one of
+    ``procs``, by default of all QEMUs)."""
+    refuse_libvirt(_naming(canonical_path(socket), procs if procs is not None else qemu_processes()), socket)
 
 
 def locate(params):
@@ -100,8 +101,9 @@ def locate(params):
         qmp_socket = reachable_socket(vm.paths.qmp_socket, proc)
     elif params.get('socket'):
         proc = None
-        refuse_libvirt_socket(params['socket'])
-        qmp_socket = reachable_socket(params['socket'], None)
+        procs = qemu_processes()  # one look at /proc for both
+        refuse_libvirt_socket(params['socket'], procs)
+        qmp_socket = reachable_socket(params['socket'], None, procs)
     else:
         proc = QemuProcess.from_pid(params['pid'])
         if proc is None:
