@@ -48,7 +48,6 @@ HOST_FIELDS = dict(host='', result='', started='', finished='', target_binary=''
 ROLLOUT_FIELDS = dict(started='', finished='', check_mode=False, target='', collection_version='',
                       playbook='', max_fail_percentage=0, serial='')
 
-TABLE_LINE = '%-16s %-16s %-42s %-42s %-15s %9s  %s'
 TABLE_HEADER = ('HOST', 'VM', 'OLD', 'NEW', 'MODE', 'PAUSE ms', 'RESULT')
 MSG_WIDTH = 160      # a message in the table is cut after this many characters
 CELL_WIDTH = 64      # any other cell of the table
@@ -282,17 +281,24 @@ class Report:
     # --- text ------------------------------------------------------------------------------
 
     @staticmethod
-    def table_line(row):
+    def table_cells(row):
         pause = row['guest_pause_ms']
         result = row['result'] + (': ' + collapse(row['msg'], MSG_WIDTH) if collapse(row['msg']) else '')
-        return (TABLE_LINE % (
-            collapse(row['host'], CELL_WIDTH), collapse(row['vm'], CELL_WIDTH),
-            collapse(version_text(row['old_version'], row['old_package']), CELL_WIDTH),
-            collapse(version_text(row['new_version'], row['new_package']), CELL_WIDTH),
-            collapse(row['transfer_mode'], CELL_WIDTH) or '-', fmt_ms(pause), collapse(result))).rstrip()
+        return (collapse(row['host'], CELL_WIDTH), collapse(row['vm'], CELL_WIDTH),
+                collapse(version_text(row['old_version'], row['old_package']), CELL_WIDTH),
+                collapse(version_text(row['new_version'], row['new_package']), CELL_WIDTH),
+                collapse(row['transfer_mode'], CELL_WIDTH) or '-', fmt_ms(pause), collapse(result))
 
     def table(self):
-        return [(TABLE_LINE % TABLE_HEADER).rstrip()] + [self.table_line(row) for row in self.rows]
+        """The header and a line per row, each column as wide as its widest cell (the last, the
+        result and message, unpadded; the pause right-aligned)."""
+        lines = [TABLE_HEADER] + [self.table_cells(row) for row in self.rows]
+        widths = [max(len(line[i]) for line in lines) for i in range(len(TABLE_HEADER) - 1)]
+        out = []
+        for line in lines:
+            cells = [cell.rjust(width) if i == 5 else cell.ljust(width) for i, (cell, width) in enumerate(zip(line, widths))]
+            out.append((' '.join(cells[:5]) + ' ' + cells[5] + '  ' + line[6]).rstrip())
+        return out
 
     def summary_line(self):
         vms, hosts = self.summary['vms'], self.summary['hosts']
@@ -444,7 +450,8 @@ pre { margin: 6px 0 0; white-space: pre-wrap; overflow-wrap: anywhere; font: 12.
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600;
   white-space: nowrap; border: 1px solid transparent; }
 .r-updated, .r-done { background: #dafbe1; color: #116329; } .r-unchanged { background: #eaeef2; color: #424a53; }
-.r-planned { background: #ddf4ff; color: #0a3069; } .r-skipped { background: #f6f8fa; color: #57606a; } .r-failed, .r-other { background: #ffebe9; color: #a40e26; border-color: #ff8182; }
+.r-planned { background: #ddf4ff; color: #0a3069; } .r-skipped { background: #f6f8fa; color: #57606a; }
+.r-failed, .r-other { background: #ffebe9; color: #a40e26; border-color: #ff8182; }
 .r-unhealthy { background: #fff1e5; color: #953800; border-color: #fb8f44; }
 .r-refused { background: #fff8c5; color: #7d4e00; border-color: #d4a72c; }
 .r-unreachable { background: #fbefff; color: #6e2a8c; border-color: #c297ff; }

@@ -437,3 +437,13 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path, monkeypatch):
     assert os.listdir(str(tmp_path)) == ['m.prom']
     with open(path) as handle:
         assert handle.read() == 'old\n'
+
+
+def test_table_columns_fit_their_widest_cell():
+    long_package = 'Debian 1:10.0.2+ds-2+deb13u1~bpo12+1'
+    rows = [row('hv1', 'a', new_package=long_package),
+            row('hypervisor-with-a-long-name', 'b', result='failed', pause=None, msg='one\ntwo')]
+    lines = Report(rows, [host('hv1'), host('hypervisor-with-a-long-name')], ROLLOUT).table()
+    starts = [line.index(word) for line, word in zip(lines, ('RESULT', 'updated', 'failed: one two'))]
+    assert len(set(starts)) == 1, lines
+    assert all(line.split()[0] in ('HOST', 'hv1', 'hypervisor-with-a-long-name') for line in lines)
