@@ -3,7 +3,8 @@
 """playbooks/live_update.yml when a hypervisor dies in the middle of its rollout.
 
 Two test hypervisors from molecule/default/testhosts.sh (each its own network, PID and mount
-namespaces, reached over SSH), one small VM on each on the older QEMU. On the first, the health
+namespaces, reached over SSH), one small VM on each; the rollout moves them onto the same build
+again (select all, force). On the first, the health
 gate after its VM's update is the operator's command `kill -TERM 1`: the host's init (its sshd)
 ends and the kernel takes every process of the host with it, the SSH session of the task
 included. The rollout must record the host as unreachable (the connection was lost), the VM whose
@@ -13,10 +14,11 @@ health gate was cut off as unhealthy, go on to the second host (live_update_max_
 from __future__ import annotations
 
 import glob
+import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
-import sys
 
 import pytest
 import yaml
@@ -27,6 +29,10 @@ TESTHOSTS = os.path.join(ROOT, 'molecule', 'default', 'testhosts.sh')
 HOSTS_ENV = dict(TESTHOSTS_PREFIX='lulost', TESTHOSTS_NET='10.213.95',
                  TESTHOSTS_DIR='/var/lib/liveupdate-test-lost-hosts')
 TARGET = '/usr/bin/qemu-system-x86_64'
+# The hosts mount /tmp, /run, /opt ... privately, and a clone of this repository (its venv, its
+# staged QEMU builds) may sit there: the modules' interpreter is a venv in a directory the hosts
+# share, with the modules' requirements (pure Python) copied from this venv.
+SHARED = '/var/lib/liveupdate-test-lost-hosts-shared'
 
 
 def run_testhosts(*args):
@@ -36,12 +42,29 @@ def run_testhosts(*args):
     return proc.stdout
 
 
+def shared_venv():
+    venv = os.path.join(SHARED, 'venv')
+    # system site packages: python3-packaging, which ansible.builtin.pip imports
+    subprocess.run(['/usr/bin/python3', '-m', 'venv', '--system-site-packages', venv], check=True, timeout=120)
+    site = subprocess.run([os.path.join(venv, 'bin', 'python'), '-c', 'import sysconfig; print(sysconfig.get_path("purelib"))'],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    for dist, package in (('qemu.qmp', os.path.join('qemu', 'qmp')), ('jmespath', 'jmespath')):
+        where = importlib.metadata.distribution(dist)
+        shutil.copytree(str(where.locate_file(package)), os.path.join(site, package), dirs_exist_ok=True)
+        info = next(f for f in where.files if f.name == 'RECORD').locate().parent
+        shutil.copytree(str(info), os.path.join(site, info.name), dirs_exist_ok=True)
+    return venv
+
+
 @pytest.fixture
 def hosts():
+    shutil.rmtree(SHARED, ignore_errors=True)
     try:
-        yield json.loads(run_testhosts('create', '2'))
+        venv = shared_venv()
+        yield dict(json.loads(run_testhosts('create', '2')), venv=venv)
     finally:
         run_testhosts('destroy')
+        shutil.rmtree(SHARED, ignore_errors=True)
 
 
 def playbook(tmp_path, inventory, playbook_path, extra):
@@ -50,17 +73,16 @@ def playbook(tmp_path, inventory, playbook_path, extra):
                           env=dict(os.environ, ANSIBLE_NOCOLOR='1'))
 
 
-def test_a_host_lost_during_its_rollout_is_a_row_and_the_next_host_is_updated(tmp_path, hosts, old_qemu):
+def test_a_host_lost_during_its_rollout_is_a_row_and_the_next_host_is_updated(tmp_path, hosts):
     inventory = {}
     for host in hosts['hosts']:
         inventory[host['name']] = dict(
             ansible_host=host['address'], ansible_port=host['port'], ansible_user=host['user'],
             ansible_ssh_private_key_file=hosts['key'],
             ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=5',
-            # The hosts share the root filesystem, this venv with it.
-            ansible_python_interpreter=sys.executable, hypervisor_install_packages=False, hypervisor_venv=sys.prefix,
-            qemu_build_method='path', qemu_build_binary_path=TARGET,
-            rolling_update_include=['%s-vm' % host['name']])
+            ansible_python_interpreter=os.path.join(hosts['venv'], 'bin', 'python'), hypervisor_install_packages=False,
+            hypervisor_venv=hosts['venv'], qemu_build_method='path', qemu_build_binary_path=TARGET,
+            rolling_update_include=['%s-vm' % host['name']], rolling_update_select='all', rolling_update_force=True)
     lost, kept = [h['name'] for h in hosts['hosts']]
     inventory[lost].update(rolling_update_health_check='command', rolling_update_health_command=['kill', '-TERM', '1'])
     inventory_path = tmp_path / 'inventory.yml'
@@ -70,7 +92,7 @@ def test_a_host_lost_during_its_rollout_is_a_row_and_the_next_host_is_updated(tm
     start.write_text(yaml.safe_dump([{
         'hosts': 'hypervisors', 'gather_facts': False,
         'tasks': [{'liveupdate.qemu.vm': {'name': '{{ inventory_hostname }}-vm', 'memory': '64M', 'accel': ['tcg'],
-                                          'serial': False, 'binary': old_qemu}}]}]))
+                                          'serial': False, 'binary': TARGET}}]}]))
     proc = playbook(tmp_path, inventory_path, str(start), {})
     assert proc.returncode == 0, proc.stdout[-3000:]
 
