@@ -45,8 +45,9 @@ def _version(side):
 
 
 def _upstream_version(package):
-    """QEMU's version in a Debian package version: 10.0.2 of 1:10.0.2+ds-2+deb13u1~bpo12+1."""
-    match = re.match(r'(?:\d+:)?(\d+(?:\.\d+)*)', package or '')
+    """QEMU's version in a Debian package version: 10.0.2 of 1:10.0.2+ds-2+deb13u1~bpo12+1 (or of
+    'Debian 1:10.0.2+ds-2+deb13u1~bpo12+1', as QEMU and qemu_build write it)."""
+    match = re.search(r'(?:^|\s)(?:\d+:)?(\d+\.\d+(?:\.\d+)*)', package or '')
     return match.group(1) if match else ''
 
 
