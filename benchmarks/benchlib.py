@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 BENCH_DIR = os.path.join(ROOT, 'benchmarks')
@@ -36,6 +37,37 @@ PLAYBOOK_DIR = os.path.join(BENCH_DIR, 'playbooks')
 CALLBACK_DIR = os.path.join(BENCH_DIR, 'callback_plugins')
 CALLBACK_NAME = 'fleetbench_timer'  # callback_plugins/fleetbench_timer.py
 NEWER = '/usr/bin/qemu-system-x86_64'  # the newer build: Debian's QEMU
+
+
+def import_collection(collections, who):
+    """Put ``collections`` (then tools/) first on sys.path, import the collection's module_utils the
+    benchmarks drive from it, and return them as a namespace; SystemExit naming ``who`` when the
+    engine comes from another copy. Nothing of the collection is imported before this call."""
+    os.environ['ANSIBLE_COLLECTIONS_PATH'] = collections
+    sys.path.insert(0, collections)
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    import guestlog  # tools/guestlog.py
+    from ansible_collections.liveupdate.qemu.plugins.module_utils import _live_update
+    from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import LiveUpdateError
+    from ansible_collections.liveupdate.qemu.plugins.module_utils._module import COMMON_ARGS
+    from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import process_alive, qemu_processes, users_of
+    from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_binary import binary_version
+    from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_state import event_time, qmp_version
+    # The collection's QMP session: qemu.qmp's async client, not qemu.qmp.legacy (GPL-2.0-only).
+    from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPSession
+    from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import RuntimePaths
+    from ansible_collections.liveupdate.qemu.plugins.module_utils._vm_manager import VmManager
+    from ansible_collections.liveupdate.qemu.plugins.module_utils._vm_spec import memory_file_for
+    from ansible_collections.liveupdate.qemu.plugins.module_utils._wait import WaitTimeout, wait_for
+    where = os.path.realpath(_live_update.__file__)
+    if not where.startswith(os.path.realpath(collections) + os.sep):
+        raise SystemExit('%s: the engine was imported from %s, not from %s' % (who, where, collections))
+    return SimpleNamespace(
+        guestlog=guestlog, LiveUpdate=_live_update.LiveUpdate, Switch=_live_update.Switch, engine_file=where,
+        LiveUpdateError=LiveUpdateError, COMMON_ARGS=COMMON_ARGS, process_alive=process_alive,
+        qemu_processes=qemu_processes, users_of=users_of, binary_version=binary_version, event_time=event_time,
+        qmp_version=qmp_version, QMPSession=QMPSession, RuntimePaths=RuntimePaths, VmManager=VmManager,
+        memory_file_for=memory_file_for, WaitTimeout=WaitTimeout, wait_for=wait_for)
 
 
 def installed_collections():

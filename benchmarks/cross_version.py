@@ -85,30 +85,7 @@ EVENTS = []  # the QMP events the engine waited for during the current update (t
 
 def import_collection(collections):
     """Import the collection's module_utils from ``collections`` (first on sys.path) into ``lib``."""
-    os.environ['ANSIBLE_COLLECTIONS_PATH'] = collections
-    sys.path.insert(0, collections)
-    sys.path.insert(0, os.path.join(benchlib.ROOT, 'tools'))
-    import guestlog  # tools/guestlog.py
-    from ansible_collections.liveupdate.qemu.plugins.module_utils import _live_update
-    from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import LiveUpdateError
-    from ansible_collections.liveupdate.qemu.plugins.module_utils._module import COMMON_ARGS
-    from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import process_alive, qemu_processes
-    from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_binary import binary_version
-    from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_state import event_time
-    # The collection's QMP session: qemu.qmp's async client, not qemu.qmp.legacy (GPL-2.0-only).
-    from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPSession
-    from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import RuntimePaths
-    from ansible_collections.liveupdate.qemu.plugins.module_utils._vm_manager import VmManager
-    from ansible_collections.liveupdate.qemu.plugins.module_utils._vm_spec import memory_file_for
-    from ansible_collections.liveupdate.qemu.plugins.module_utils._wait import WaitTimeout, wait_for
-    where = os.path.realpath(_live_update.__file__)
-    if not where.startswith(os.path.realpath(collections) + os.sep):
-        raise SystemExit('cross_version: the engine was imported from %s, not from %s' % (where, collections))
-    lib.__dict__.update(guestlog=guestlog, LiveUpdate=_live_update.LiveUpdate, Switch=_live_update.Switch, engine_file=where,
-                        LiveUpdateError=LiveUpdateError, COMMON_ARGS=COMMON_ARGS, process_alive=process_alive, QMPSession=QMPSession,
-                        qemu_processes=qemu_processes, binary_version=binary_version, RuntimePaths=RuntimePaths,
-                        VmManager=VmManager, memory_file_for=memory_file_for, WaitTimeout=WaitTimeout, wait_for=wait_for,
-                        event_time=event_time)
+    lib.__dict__.update(vars(benchlib.import_collection(collections, 'cross_version')))
     trace_events()
 
 

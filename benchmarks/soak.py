@@ -64,30 +64,7 @@ lib = SimpleNamespace()
 def import_collection(collections):
     """Import the collection's module_utils from ``collections`` into ``lib`` (benchlib's helpers use
     them too: it imports them when first used)."""
-    os.environ['ANSIBLE_COLLECTIONS_PATH'] = collections
-    sys.path.insert(0, collections)
-    sys.path.insert(0, os.path.join(benchlib.ROOT, 'tools'))
-    import guestlog  # tools/guestlog.py
-    from ansible_collections.liveupdate.qemu.plugins.module_utils import _live_update
-    from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import LiveUpdateError
-    from ansible_collections.liveupdate.qemu.plugins.module_utils._module import COMMON_ARGS
-    from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import process_alive, qemu_processes, users_of
-    from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_binary import binary_version
-    from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_state import qmp_version
-    # The collection's QMP session: qemu.qmp's async client, not qemu.qmp.legacy (GPL-2.0-only).
-    from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPSession
-    from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import RuntimePaths
-    from ansible_collections.liveupdate.qemu.plugins.module_utils._vm_manager import VmManager
-    from ansible_collections.liveupdate.qemu.plugins.module_utils._wait import WaitTimeout, wait_for
-    where = os.path.realpath(_live_update.__file__)
-    if not where.startswith(os.path.realpath(collections) + os.sep):
-        raise SystemExit('soak: the engine was imported from %s, not from %s' % (where, collections))
-    lib.__dict__.update(
-        guestlog=guestlog, LiveUpdate=_live_update.LiveUpdate, engine_file=where,
-        LiveUpdateError=LiveUpdateError, COMMON_ARGS=COMMON_ARGS, process_alive=process_alive,
-        qemu_processes=qemu_processes, users_of=users_of, binary_version=binary_version, qmp_version=qmp_version,
-        QMPSession=QMPSession, RuntimePaths=RuntimePaths, VmManager=VmManager, WaitTimeout=WaitTimeout,
-        wait_for=wait_for)
+    lib.__dict__.update(vars(benchlib.import_collection(collections, 'soak')))
 
 
 def module_defaults(collections, module):
