@@ -113,6 +113,7 @@ class QemuOpts:
 # A live update gives the new QEMU its own socket and pidfile paths, PATH.lu-TOKEN,
 # and renames them to PATH once the old QEMU is gone; its argv keeps the temporary names.
 TEMP_SUFFIX_RE = re.compile(r'\.lu-[0-9a-f]{8}$')
+TEMP_IN_VALUE_RE = re.compile(r'\.lu-[0-9a-f]{8}(?=,|$)')
 
 
 def temp_path(path, token):
@@ -122,6 +123,12 @@ def temp_path(path, token):
 def canonical_path(path):
     """The name a live update gave a path back (PATH.lu-TOKEN -> PATH)."""
     return TEMP_SUFFIX_RE.sub('', path)
+
+
+def canonical_value(value):
+    """An option value with every temporary path in it named canonically
+    ('unix:/run/x/qmp.sock.lu-TOKEN,server=on' -> 'unix:/run/x/qmp.sock,server=on')."""
+    return TEMP_IN_VALUE_RE.sub('', value)
 
 
 def _json_scalar(value):

@@ -137,6 +137,18 @@ def console_sockets(options):
     return [path for index, path in enumerate(found) if path and path not in found[:index]]
 
 
+def pin_machine(value, machine_type):
+    """A -machine value with its type replaced by ``machine_type`` (what the running QEMU resolved
+    its type to: ``pc`` may mean another version on another binary)."""
+    opts = QemuOpts.parse(value)
+    opts.remove('type')
+    if opts.head() is not None:
+        opts.items[0] = (None, machine_type)
+    else:
+        opts.items.insert(0, (None, machine_type))
+    return opts.format()
+
+
 def plan_destination(source_argv, control_socket, machine_type, token, incoming=(('incoming', 'defer'),)):
     """Rewrite ``source_argv`` for a destination; ``control_socket`` is the canonical
     QMP socket the engine talks to (the destination gets its temporary twin); ``incoming``:
@@ -154,14 +166,7 @@ def plan_destination(source_argv, control_socket, machine_type, token, incoming=
             continue
         if name in ('machine', 'M'):
             machine_seen = True
-            opts = QemuOpts.parse(value)
-            opts.remove('type')
-            if opts.head() is not None:
-                opts.items[0] = (None, machine_type)
-            else:
-                opts.items.insert(0, (None, machine_type))
-            value = opts.format()
-            name = 'machine'
+            name, value = 'machine', pin_machine(value, machine_type)
         elif name in ('qmp', 'qmp-pretty', 'monitor', 'serial', 'parallel'):
             value = _legacy_chardev(plan, name, value)
         elif name == 'chardev':

@@ -22,6 +22,7 @@ from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import qemu_
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_binary import binary_version
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_state import query_vm
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPError, QMPSession
+from ansible_collections.liveupdate.qemu.plugins.module_utils._saved import template_of
 
 
 def find_target(exe, target_binary):
@@ -64,6 +65,9 @@ def inspect(proc, runtime_dir, target_binary=None, timeout=5.0, version_cache=No
               ram_size=None, qmp_error=None)
     if not libvirt:
         ask_qemu(vm, proc, timeout)
+    # A clone maps its template's memory file privately: its RAM is not that file.
+    vm['clone_of'] = next((template_of(b['path']) for b in vm['memory_backends']
+                           if not b['share'] and template_of(b['path'])), None)
     vm['outdated_reasons'] = outdated_reasons(vm)
     vm['outdated'] = bool(vm['outdated_reasons'])
     if libvirt or vm['qmp_error']:

@@ -117,6 +117,24 @@ def locate(params):
     return qmp_socket, proc
 
 
+def find_running(params):
+    """(QMP socket, QemuProcess) of the running VM ``name`` (or ``socket`` / ``pid``), or (None, None).
+    A name that is no VM of this collection may be the -name of an operator's QEMU."""
+    if params.get('socket') or params.get('pid'):
+        return locate(dict(params, name=None))
+    vm = Vm(params['runtime_dir'], params['name'])
+    if vm.state:
+        return locate(params) if vm.process() else (None, None)
+    named = [p for p in qemu_processes() if p.cmdline.name() == params['name']]
+    if len(named) > 1:
+        raise InvalidInput('%d QEMUs are named %s (pids %s): give socket or pid'
+                           % (len(named), params['name'], ', '.join(str(p.pid) for p in named)))
+    if not named:
+        return None, None
+    refuse_libvirt(named)
+    return locate(dict(params, name=None, pid=named[0].pid))
+
+
 def relocate(params, qmp_socket, proc):
     """The VM as it runs now, after waiting for its lock: an update that held the lock
     may have moved it to another process."""

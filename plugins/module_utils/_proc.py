@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 
-from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import QemuCommandLine, QemuOpts
+from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import QemuCommandLine, QemuOpts, is_on
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import LiveUpdateError
 from ansible_collections.liveupdate.qemu.plugins.module_utils._wait import WaitTimeout, wait_for
 
@@ -27,6 +27,9 @@ SYS_PIDFD_GETFD = 438  # x86_64 and aarch64 share the generic number
 
 class LaunchError(LiveUpdateError):
     """QEMU exited non-zero at start; ``rc``, ``argv`` and its output are in the details."""
+
+
+IFF_PERSIST = 0x0800
 
 
 def is_qemu_argv0(path):
@@ -81,6 +84,14 @@ class QemuProcess:
                 return True
         return False
 
+    def maps_privately(self, path):
+        """True when ``path`` is on the command line only as the mem-path of ``share=off`` memory
+        backends: a clone's copy-on-write mapping of a template's memory file, not its user."""
+        private = [b for b in self.cmdline.memory_backends() if b.get('mem-path') == path]
+        if not private or any(is_on(b.get('share', 'off')) for b in private):
+            return False
+        return sum(1 for arg in self.argv if path in arg) == len(private)
+
     def alive(self):
         return process_alive(self.pid)
 
@@ -105,8 +116,9 @@ def qemu_processes():
 
 
 def users_of(memory_file, exclude_pid=None):
-    """QEMU processes whose command line names ``memory_file``."""
-    return [p for p in qemu_processes() if p.pid != exclude_pid and p.uses_file(memory_file)]
+    """QEMU processes whose command line names ``memory_file``, other than as a private mapping."""
+    return [p for p in qemu_processes()
+            if p.pid != exclude_pid and p.uses_file(memory_file) and not p.maps_privately(memory_file)]
 
 
 def remove_files(paths):
@@ -294,3 +306,25 @@ def tap_fd_of(pid, ifname):
         except OSError:
             continue
     return None
+
+
+def tap_name_of(pid, fd):
+    """The tap interface that ``pid`` holds open as ``fd``, or None."""
+    try:
+        with open('/proc/%d/fdinfo/%d' % (pid, fd)) as handle:
+            for line in handle:
+                if line.startswith('iff:'):
+                    return line.split(None, 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def tap_is_persistent(ifname):
+    """Whether tap ``ifname`` outlives the processes that hold it (IFF_TUN_PERSIST)."""
+    try:
+        with open('/sys/class/net/%s/tun_flags' % ifname) as handle:
+            return bool(int(handle.read().strip(), 16) & IFF_PERSIST)
+    except (OSError, ValueError):
+        return False
+

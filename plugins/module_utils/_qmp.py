@@ -202,6 +202,14 @@ class QMPSession:
             raise QMPDisconnected('QMP peer %s went away during %s: %s' % (self.path, command, exc),
                                   socket=self.path, command=command)
 
+    def pass_fd(self, fd, name):
+        """Hand file descriptor ``fd`` to QEMU under ``name`` (SCM_RIGHTS, then getfd), for a
+        migration URI ``fd:NAME``."""
+        if self._client is None:
+            raise QMPDisconnected('QMP session to %s is not connected' % self.path, socket=self.path)
+        self._client.send_fd_scm(fd)
+        self.execute('getfd', {'fdname': name})
+
     def wait_event(self, names=None, timeout=None, match=None):
         """Return the next event whose name is in ``names`` (any name when None) and that
         ``match`` accepts; events before it are dropped."""

@@ -8,7 +8,9 @@ Runtime directory (mode 0700), one per VM: ``qmp.sock``, ``qemu.pid``,
 ``vm.json`` (spec and argv), ``serial.sock`` + ``serial.log``, ``qemu.log``
 (QEMU's stderr) and ``vnc.sock`` when VNC is on a unix socket.
 The process is found again through its memory file, which no other QEMU
-may name: that is also what keeps two processes off the same guest RAM.
+may map shared: that is also what keeps two processes off the same guest RAM.
+A clone (_template) maps its template's memory file privately and is found by
+its QMP socket, like a VM with memfd RAM.
 """
 
 from __future__ import annotations
@@ -97,8 +99,8 @@ def runs_vm(proc, paths, state):
     """Whether QEMU ``proc`` runs the managed VM of ``paths`` (its recorded ``state``): it maps the
     VM's memory file or, for memfd RAM, serves the VM's QMP socket (under a temporary name while
     an update is under way)."""
-    if state.get('memory_file'):
-        return proc.uses_file(state['memory_file'])
+    if state.get('memory_file') and state.get('memory_shared', True):
+        return proc.uses_file(state['memory_file']) and not proc.maps_privately(state['memory_file'])
     return paths.qmp_socket in [canonical_path(s) for s in proc.cmdline.qmp_sockets()]
 
 
@@ -112,7 +114,10 @@ class Vm:
 
     @property
     def memory_file(self):
-        return self.state and self.state.get('memory_file')
+        """The VM's own memory file (None for memfd RAM, and for a clone, which maps its template's)."""
+        if not self.state or not self.state.get('memory_shared', True):
+            return None
+        return self.state.get('memory_file')
 
     def process(self):
         """The live QEMU of this VM, or None. Identified by its memory file, which

@@ -39,9 +39,18 @@ class VmManager:
             return None, dict(state='stopped')
         return proc, dict(state='running', spec=stored)
 
+    def _refuse_saved(self, proc):
+        """A saved VM (liveupdate.qemu.saved_vm) is neither started afresh nor removed here: its RAM
+        and state are the guest's."""
+        saved = (self.vm.state or {}).get('saved')
+        if proc is None and saved:
+            raise InvalidInput('VM %s is saved (%s): restore it with liveupdate.qemu.saved_vm state: running, or '
+                               'discard it with state: absent' % (self.vm.name, saved), saved=saved)
+
     def ensure_running(self):
         spec = VmSpec(self.params)
         proc, before = self._current()
+        self._refuse_saved(proc)
         if proc is not None:
             conflicts = spec.conflicts_with(before['spec'] or {})
             if conflicts:
@@ -97,6 +106,7 @@ class VmManager:
 
     def ensure_stopped(self):
         proc, before = self._current()
+        self._refuse_saved(proc)
         after = dict(state='stopped')
         stale = self.vm.leftovers()
         if proc is None and not stale:

@@ -126,6 +126,13 @@ vms:
       elements: dict
       returned: always
     ram_size: {description: 'Guest RAM in bytes, base and plugged.', type: int, returned: always}
+    clone_of:
+      description: >-
+        The template (M(liveupdate.qemu.vm_template)) whose memory file this VM maps privately (C(share=off)) - a
+        clone of M(liveupdate.qemu.vm_clone). Its RAM is not that file, so it is never eligible for a
+        device-state-only update. C(null) for other VMs.
+      type: str
+      returned: always
     eligible: {description: Whether a device-state-only live update is possible now., type: bool, returned: always}
     ineligible_reasons: {description: Why not., type: list, elements: str, returned: always}
     transfer_modes:
