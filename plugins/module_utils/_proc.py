@@ -327,4 +327,3 @@ def tap_is_persistent(ifname):
             return bool(int(handle.read().strip(), 16) & IFF_PERSIST)
     except (OSError, ValueError):
         return False
-

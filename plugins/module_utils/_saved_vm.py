@@ -36,6 +36,11 @@ def _ms(seconds):
     return round(seconds * 1000, 1)
 
 
+def host_boot_id():
+    with open('/proc/sys/kernel/random/boot_id') as handle:
+        return handle.read().strip()
+
+
 def running_on(record):
     """The QEMUs that run the VM of ``record`` now: on its memory files, by its name, or on its socket."""
     found = {}
@@ -123,10 +128,13 @@ class SavedVmManager:
         try:
             files = memory_files(vm)
             argv = saved_command(proc)
-            data = dict(name=self.name, argv=argv, binary=proc.exe, version=vm['running'], machine=vm['machine'],
+            vm_state = source.paths.read_state() if source.paths else None
+            # The binary as the VM was started: a staged build runs through a wrapper (QEMU_MODULE_DIR).
+            binary = (vm_state or {}).get('binary') or proc.exe
+            data = dict(name=self.name, argv=argv, binary=binary, version=vm['running'], machine=vm['machine'],
                         run_status=vm['status'], qmp_socket=canonical_path(qmp.path), cwd=proc.cwd(),
                         memory_files=files, directories=directories_of(argv),
-                        vm_state=source.paths.read_state() if source.paths else None,
+                        vm_state=vm_state, boot_id=host_boot_id(),
                         state_bytes=os.path.getsize(self.record.state_file),
                         state_sha256=sha256_of(self.record.state_file),
                         saved_at=datetime.now(timezone.utc).isoformat(timespec='milliseconds'),
@@ -213,6 +221,12 @@ class SavedVmManager:
                                    'corrupt the guest' % (stored['path'], self.name, stored['size'], now['size'],
                                                           stored['mtime_ns'], now['mtime_ns']),
                                    memory_file=stored['path'])
+        unsynced = [s['path'] for s in data['stored'] if not data['synced'] and not is_volatile(s['path'])]
+        if unsynced and data.get('boot_id') != host_boot_id():
+            raise InvalidInput('saved VM %s was not flushed to its storage (sync) before the host restarted: the RAM in '
+                               '%s may be older than its saved state (pages the kernel had not written back were '
+                               'lost); discard it with state: absent' % (self.name, ', '.join(unsynced)),
+                               memory_file=unsynced[0])
         for stored in data['stored']:
             original = data['memory_files'][data['stored'].index(stored)]
             if stored['path'] != original and os.path.lexists(original):
@@ -271,8 +285,10 @@ class SavedVmManager:
         qmp = QMPSession(qmp_socket, self.params['timeout'])
         try:
             qmp.connect(starting=True)
+            timings['spawn_ms'] = _ms(time.monotonic() - start)
             load_state(qmp, data, self.record.state_file, self.params['migration_timeout'])
             timings['load_ms'] = _ms(time.monotonic() - start)
+            timings['incoming_ms'] = round(timings['load_ms'] - timings['spawn_ms'], 1)
             resumed_at = None
             if data['run_status'] == 'running':
                 qmp.drain_events()
@@ -299,6 +315,7 @@ class SavedVmManager:
         result = self._result(True, dict(state='saved'), dict(state='running'),
                               vm=dict(name=self.name, pid=child.pid, qmp_socket=qmp_socket, status=data['run_status']),
                               guest_pause_ms=_ms(resumed_at - data['stopped_at']) if resumed_at else None,
+                              stopped_at=data['stopped_at'], resumed_at=resumed_at,
                               verified=verified, binary=binary)
         if not verified['ok']:
             raise UpdateFailed('VM %s was restored (pid %d) but did not pass its checks: %s'

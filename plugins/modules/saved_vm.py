@@ -25,7 +25,8 @@ description:
   - Refused with nothing changed - a VM whose RAM is not in named shared memory files, a libvirt domain, disks in
     C(-snapshot) mode, consoles on stdio, taps or other resources passed by file descriptor; a restore whose memory
     file is missing or was written after the save (size or modification time differ), whose state file does not
-    match its record, whose VM was reconfigured since, that already runs (a QEMU maps its memory file, or has its
+    match its record, whose VM was reconfigured since, whose memory file on persistent storage was not flushed
+    before the host restarted (O(sync=never)), that already runs (a QEMU maps its memory file, or has its
     name), or onto a binary without C(x-ignore-shared), the machine type, a device of the VM or (for a state saved
     with C(cpr-reboot)) that mode.
   - For a host reboot the memory file must survive it, in O(memory_dir) on persistent storage (a copy of the
@@ -94,13 +95,12 @@ options:
     type: str
 extends_documentation_fragment:
   - liveupdate.qemu.common
+  - liveupdate.qemu.attributes
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    support: full
     details: Runs every check of the save or restore and says what would change.
   diff_mode:
-    support: full
     details: The state before and after (running, saved, absent).
 seealso:
   - module: liveupdate.qemu.vm
@@ -147,12 +147,20 @@ saved:
 timings:
   description:
     - Milliseconds - C(save_ms) (guest stopped to state written), C(quit_ms), C(move_ms), C(sync_ms),
-      C(load_ms) (new QEMU started to state loaded), C(restore_ms) (new QEMU started to guest running),
-      C(verify_ms). Only the steps that ran.
+      C(spawn_ms) (new QEMU started to its QMP connected), C(incoming_ms) (state loaded), C(load_ms) (the two),
+      C(restore_ms) (new QEMU started to guest running), C(verify_ms). Only the steps that ran.
   returned: always
   type: dict
 guest_pause_ms:
   description: After a restore, milliseconds from the guest's stop at the save to its resumption.
+  returned: after a restore of a VM that was running
+  type: float
+stopped_at:
+  description: After a restore, when the guest stopped at the save (QEMU's STOP event, seconds since the epoch).
+  returned: after a restore
+  type: float
+resumed_at:
+  description: After a restore, when the guest resumed (QEMU's RESUME event, seconds since the epoch).
   returned: after a restore of a VM that was running
   type: float
 verified:

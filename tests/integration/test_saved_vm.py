@@ -14,8 +14,8 @@ import subprocess
 
 import pytest
 
-from harness import guest_log, guestlog
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import process_alive
+from harness import guest_log, guestlog
 from operator_vm import peer_pid
 
 INSTALLED = '/usr/bin/qemu-system-x86_64'
@@ -109,6 +109,16 @@ def test_save_and_restore_go_on_with_the_guest(ansible, booted, save_dir, disk_d
     assert not os.path.exists(stopped['saved']['memory_file'])
     counter = guestlog.parse_file(vm['serial_log']).last_counter
     shutil.rmtree(os.path.dirname(vm['qmp_socket']))
+    # A save whose memory file on disk was not flushed is refused after a host restart.
+    record = os.path.join(stopped['saved']['dir'], 'saved.json')
+    with open(record) as handle:
+        kept = handle.read()
+    with open(record, 'w') as handle:
+        json.dump(dict(json.loads(kept), synced=False, boot_id='another-boot'), handle)
+    unsynced = saved_vm(ansible, 'lut-save', 'running', save_dir)
+    assert unsynced.get('failed') and 'not flushed' in unsynced['msg'], unsynced
+    with open(record, 'w') as handle:
+        handle.write(kept)
     onto = saved_vm(ansible, 'lut-save', 'running', save_dir, binary=new_qemu)
     assert onto['changed'] and not onto.get('failed'), onto
     # (the staged build's bin/ wrapper runs its usr/bin binary)

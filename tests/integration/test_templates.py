@@ -6,21 +6,13 @@ clone starts on request; what must be refused is refused with nothing changed.""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 
 import pytest
 
+from ansible_collections.liveupdate.qemu.plugins.module_utils._saved import sha256_of as sha256
 from harness import guest_log, guestlog
-
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for block in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def private_dirty_kib(pid):

@@ -26,9 +26,9 @@ ARGV = [QEMU, '-name', 'guest=golden,debug-threads=on', '-machine', 'q35,memory-
 DATA = dict(argv=ARGV, binary=QEMU, machine='pc-q35-7.2', memory_files=['/dev/shm/golden.ram'])
 
 
-def clone(argv=ARGV, nics=(), name='web1'):
+def clone(argv=None, nics=(), name='web1'):
     template = Template('/var/lib/t', 'base')
-    out = clone_command(dict(DATA, argv=argv), template, name, RuntimePaths('/run/lu', name),
+    out = clone_command(dict(DATA, argv=argv or ARGV), template, name, RuntimePaths('/run/lu', name),
                         ['/var/lib/c/%s/disk0.qcow2' % name], list(nics))
     return QemuCommandLine.parse(out)
 
