@@ -133,8 +133,8 @@ run_pytest() {
     return "$rc"
 }
 
-# molecule/default, every step of `molecule test` (destroy, syntax, create, prepare, converge,
-# idempotence, verify, destroy). Its hosts are destroyed whether it passes or fails.
+# molecule/default, every step of `molecule test` (destroy, syntax, create, prepare, check,
+# converge, idempotence, side_effect, verify, destroy). Its hosts are destroyed whether it passes or fails.
 run_molecule() {
     NO_COLOR=1 ANSIBLE_NOCOLOR=1 molecule test
 }
