@@ -409,3 +409,30 @@ class Ansible:
                 records = json.load(handle)
             records['launched'] = launched
         return dict(wall=wall, rc=proc.returncode, output=output, records=records, log=logfile)
+
+
+def module_defaults(collections, module):
+    """The defaults of ``module``'s options (its argument_spec, read from the installed module file) plus
+    the common options: the params the module hands its manager when given nothing else, for benchmarks
+    that drive the managers in-process."""
+    import ast
+    from ansible_collections.liveupdate.qemu.plugins.module_utils._module import COMMON_ARGS
+    path = os.path.join(collections, 'ansible_collections', 'liveupdate', 'qemu', 'plugins', 'modules', module + '.py')
+    with open(path) as handle:
+        tree = ast.parse(handle.read())
+    spec = next(kw.value for node in ast.walk(tree) if isinstance(node, ast.Call)
+                for kw in node.keywords if kw.arg == 'argument_spec')
+    names = None  # the module's own globals, for defaults that name a constant (DEFAULT_SAVE_DIR)
+    params = {}
+    for option in spec.keywords:
+        default = next((kw.value for kw in option.value.keywords if kw.arg == 'default'), None)
+        if isinstance(default, ast.Name):
+            if names is None:
+                import importlib
+                names = vars(importlib.import_module('ansible_collections.liveupdate.qemu.plugins.modules.' + module))
+            params[option.arg] = names[default.id]
+        else:
+            params[option.arg] = ast.literal_eval(default) if default is not None else None
+    for name, option in COMMON_ARGS.items():
+        params[name] = option.get('default')
+    return params
