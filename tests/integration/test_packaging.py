@@ -91,7 +91,8 @@ def test_tarball_ships_what_users_need(tarball, source_tree):
     with tarfile.open(tarball) as tar:
         members = [m.name for m in tar.getmembers() if m.isfile()]
     assert {m.split('/')[0] for m in members} == SHIPPED_TOP
-    assert [m for m in members if m.startswith('playbooks/')] == ['playbooks/live_update.yml']
+    assert sorted(m for m in members if m.startswith('playbooks/')) == [
+        'playbooks/clones.yml', 'playbooks/host_maintenance.yml', 'playbooks/live_update.yml']
     changelogs = sorted(m for m in members if m.startswith('changelogs/'))
     assert changelogs == ['changelogs/changelog.yaml', 'changelogs/config.yaml']
     assert not [m for m in members if '__pycache__' in m or m.endswith('.pyc')]
@@ -102,7 +103,8 @@ def test_tarball_ships_what_users_need(tarball, source_tree):
             wanted.extend(os.path.relpath(os.path.join(dirpath, n), source_tree) for n in names
                           if not n.endswith('.pyc'))
     assert wanted and sorted(set(wanted) - set(members)) == []
-    for module in ('live_update', 'vm', 'vm_info', 'qmp_command', 'migrate_capabilities', 'migrate_parameters'):
+    for module in ('live_update', 'vm', 'vm_info', 'qmp_command', 'migrate_capabilities', 'migrate_parameters',
+                   'saved_vm', 'vm_template', 'vm_clone', 'rollout_report'):
         assert 'plugins/modules/%s.py' % module in members
 
 
