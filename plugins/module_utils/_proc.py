@@ -92,6 +92,11 @@ class QemuProcess:
             return False
         return sum(1 for arg in self.argv if path in arg) == len(private)
 
+    def shares_file(self, path):
+        """True when the command line names ``path`` other than as a private mapping: this QEMU
+        uses the file itself (guest RAM mapped shared, a socket), not a copy-on-write view of it."""
+        return self.uses_file(path) and not self.maps_privately(path)
+
     def alive(self):
         return process_alive(self.pid)
 
@@ -117,8 +122,7 @@ def qemu_processes():
 
 def users_of(memory_file, exclude_pid=None):
     """QEMU processes whose command line names ``memory_file``, other than as a private mapping."""
-    return [p for p in qemu_processes()
-            if p.pid != exclude_pid and p.uses_file(memory_file) and not p.maps_privately(memory_file)]
+    return [p for p in qemu_processes() if p.pid != exclude_pid and p.shares_file(memory_file)]
 
 
 def remove_files(paths):

@@ -21,16 +21,16 @@ import errno
 import hashlib
 import json
 import os
-import time
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import QemuCommandLine, QemuOpts, canonical_value, is_on
 from ansible_collections.liveupdate.qemu.plugins.module_utils._destination import pin_machine
-from ansible_collections.liveupdate.qemu.plugins.module_utils._eligibility import memory_reasons, version_tuple
+from ansible_collections.liveupdate.qemu.plugins.module_utils._eligibility import memory_reasons, state_reasons, version_tuple
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput, UpdateFailed
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import filesystem_of, tap_is_persistent, tap_name_of
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_state import (
-    MIGRATION_END, event_time, query_capabilities, set_capabilities,
+    MIGRATION_END, event_time, query_capabilities, restore_capabilities, set_capabilities,
 )
+from ansible_collections.liveupdate.qemu.plugins.module_utils._transfer import cancel_migration
 from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import validate_name
 
 DEFAULT_SAVE_DIR = '/var/lib/liveupdate-qemu/saved'
@@ -53,6 +53,11 @@ def file_identity(path):
     """What changes when anyone writes ``path`` (a write through a shared mapping included)."""
     st = os.stat(path)
     return dict(size=st.st_size, mtime_ns=st.st_mtime_ns)
+
+
+def unchanged(path, recorded):
+    """True when ``path`` has the identity ``recorded`` (a stored file_identity) still."""
+    return file_identity(path) == dict(size=recorded['size'], mtime_ns=recorded['mtime_ns'])
 
 
 def sha256_of(path):
@@ -202,7 +207,7 @@ def _on_stdio(name, value, opts):
 def restore_refusals(argv, vm):
     """Why the VM of ``argv`` (``vm``: _qemu_state.query_vm) cannot be saved and started again
     from its state file by a new QEMU of the same command line."""
-    reasons = list(memory_reasons(vm))
+    reasons = state_reasons(vm) + memory_reasons(vm)
     cmdline = QemuCommandLine.parse(argv)
     for name, value in cmdline.options:
         opts = QemuOpts.parse(value) if value else None
@@ -290,6 +295,19 @@ def directories_of(argv):
     return found
 
 
+def record_of(source, vm, state_file, saved):
+    """What a record holds of VM ``source`` (a _locate.Source; ``vm``: query_vm) saved into
+    ``state_file`` by save_state (``saved``, its result)."""
+    proc = source.proc
+    vm_state = source.paths.read_state() if source.paths else None
+    return dict(argv=saved_command(proc),
+                # The binary as the VM was started: a staged build runs through a wrapper (QEMU_MODULE_DIR).
+                binary=(vm_state or {}).get('binary') or proc.exe,
+                version=vm['running'], machine=vm['machine'], run_status=vm['status'], cwd=proc.cwd(),
+                memory_files=memory_files(vm), vm_state=vm_state, state_bytes=os.path.getsize(state_file),
+                state_sha256=sha256_of(state_file), **saved)
+
+
 def memory_files(vm):
     """The paths of the VM's memory files (after memory_reasons: all are named, shared files)."""
     return [b['path'] for b in vm['memory_backends']]
@@ -353,11 +371,7 @@ def save_state(qmp, version, state_file, timeout):
 def _undo_save(qmp, before, mode_before, cpr):
     """After a failed save: cancel, give the VM its capabilities and mode back, let it run."""
     try:
-        if qmp.execute('query-migrate').get('status') not in MIGRATION_END + ('none',):
-            qmp.execute('migrate_cancel')
-            deadline = time.monotonic() + 10
-            while qmp.execute('query-migrate').get('status') not in MIGRATION_END and time.monotonic() < deadline:
-                time.sleep(0.01)
+        cancel_migration(qmp, 10)
         set_capabilities(qmp, dict((n, before[n]) for n in SAVE_CAPABILITIES))
         if cpr and mode_before:
             qmp.execute('migrate-set-parameters', {'mode': mode_before})
@@ -391,9 +405,6 @@ def load_state(qmp, record, state_file, timeout):
 
 def give_back_settings(qmp, record):
     """The capabilities and migration mode the VM had before its save."""
-    current = query_capabilities(qmp)
-    changed = dict((n, v) for n, v in record['capabilities'].items() if n in current and current[n] != v)
-    if changed:
-        set_capabilities(qmp, changed)
+    restore_capabilities(qmp, record['capabilities'])
     if record['transfer'] == 'cpr-reboot' and record.get('migration_mode'):
         qmp.execute('migrate-set-parameters', {'mode': record['migration_mode']})

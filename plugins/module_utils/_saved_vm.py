@@ -16,7 +16,7 @@ from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import Inv
 from ansible_collections.liveupdate.qemu.plugins.module_utils._locate import connect_source, find_running
 from ansible_collections.liveupdate.qemu.plugins.module_utils._lock import UpdateLock
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import (
-    QemuProcess, kill_and_wait, launch_detached, qemu_processes, shutdown_ladder, users_of,
+    QemuProcess, kill_and_wait, launch_detached, qemu_processes, shutdown_ladder,
 )
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_binary import (
     missing_types, probe_binary, resolve_binary,
@@ -25,8 +25,8 @@ from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_state import
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPSession, socket_accepts
 from ansible_collections.liveupdate.qemu.plugins.module_utils._saved import (
     SavedRecord, directories_of, file_identity, fsync_path, give_back_settings, is_volatile, load_state,
-    memory_files, move_file, restore_command, restore_refusals, save_state, saved_command, sha256_of,
-    uses_cpr_reboot,
+    memory_files, move_file, record_of, restore_command, restore_refusals, save_state, saved_command, sha256_of,
+    unchanged, uses_cpr_reboot,
 )
 from ansible_collections.liveupdate.qemu.plugins.module_utils._verify import verify_guest
 from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import RuntimePaths, Vm
@@ -43,14 +43,9 @@ def host_boot_id():
 
 def running_on(record):
     """The QEMUs that run the VM of ``record`` now: on its memory files, by its name, or on its socket."""
-    found = {}
-    for path in record['memory_files']:
-        for proc in users_of(path):
-            found[proc.pid] = proc
-    for proc in qemu_processes():
-        if record['name'] and proc.cmdline.name() == record['name']:
-            found[proc.pid] = proc
-    return sorted(found.values(), key=lambda p: p.pid)
+    return [p for p in qemu_processes()
+            if record['name'] and p.cmdline.name() == record['name']
+            or any(p.shares_file(path) for path in record['memory_files'])]
 
 
 class SavedVmManager:
@@ -106,10 +101,6 @@ class SavedVmManager:
 
     def _check_saveable(self, source, vm):
         reasons = restore_refusals(saved_command(source.proc), vm)
-        if vm['status'] not in ('running', 'paused'):
-            reasons.append('run state is %s, not running or paused' % vm['status'])
-        if vm['migration'] not in ('none', 'completed', 'failed', 'cancelled'):
-            reasons.append('a migration is in progress (%s)' % vm['migration'])
         if reasons:
             raise InvalidInput('cannot save VM %s: %s' % (self.name, '; '.join(reasons)), reasons=reasons)
         memory_dir = self.params.get('memory_dir')
@@ -126,19 +117,11 @@ class SavedVmManager:
         saved = save_state(qmp, vm['running']['version'], self.record.state_file, self.params['migration_timeout'])
         self.timings['save_ms'] = _ms(saved['completed_at'] - saved['stopped_at'])
         try:
-            files = memory_files(vm)
-            argv = saved_command(proc)
-            vm_state = source.paths.read_state() if source.paths else None
-            # The binary as the VM was started: a staged build runs through a wrapper (QEMU_MODULE_DIR).
-            binary = (vm_state or {}).get('binary') or proc.exe
-            data = dict(name=self.name, argv=argv, binary=binary, version=vm['running'], machine=vm['machine'],
-                        run_status=vm['status'], qmp_socket=canonical_path(qmp.path), cwd=proc.cwd(),
-                        memory_files=files, directories=directories_of(argv),
-                        vm_state=vm_state, boot_id=host_boot_id(),
-                        state_bytes=os.path.getsize(self.record.state_file),
-                        state_sha256=sha256_of(self.record.state_file),
-                        saved_at=datetime.now(timezone.utc).isoformat(timespec='milliseconds'),
-                        synced=False, **saved)
+            data = record_of(source, vm, self.record.state_file, saved)
+            files = data['memory_files']
+            data.update(name=self.name, qmp_socket=canonical_path(qmp.path), directories=directories_of(data['argv']),
+                        boot_id=host_boot_id(), saved_at=datetime.now(timezone.utc).isoformat(timespec='milliseconds'),
+                        synced=False)
             data['stored'] = [dict(path=p, **file_identity(p)) for p in files]
             self.record.write(data)
         except BaseException:
@@ -214,8 +197,8 @@ class SavedVmManager:
                 raise InvalidInput('memory file %s of saved VM %s is missing: the guest RAM it was saved with is '
                                    'gone (a reboot empties tmpfs), so its state cannot be restored; discard it with '
                                    'state: absent' % (stored['path'], self.name), memory_file=stored['path'])
-            now = file_identity(stored['path'])
-            if now != dict(size=stored['size'], mtime_ns=stored['mtime_ns']):
+            if not unchanged(stored['path'], stored):
+                now = file_identity(stored['path'])
                 raise InvalidInput('memory file %s of saved VM %s changed after the save (size %d -> %d, mtime %d -> '
                                    '%d): loading the state onto RAM that is not the one it was saved with would '
                                    'corrupt the guest' % (stored['path'], self.name, stored['size'], now['size'],

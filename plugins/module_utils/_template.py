@@ -32,8 +32,8 @@ from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import (
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_state import event_time, query_vm, set_capabilities
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPSession
 from ansible_collections.liveupdate.qemu.plugins.module_utils._saved import (
-    SAVE_CAPABILITIES, SavedRecord, file_identity, load_state, memory_files, move_file, restore_command,
-    restore_refusals, save_state, saved_command, sha256_of, template_of, TEMPLATE_MEMORY, TEMPLATE_RECORD,
+    SAVE_CAPABILITIES, SavedRecord, file_identity, load_state, move_file, record_of, restore_command,
+    restore_refusals, save_state, saved_command, template_of, unchanged, TEMPLATE_MEMORY, TEMPLATE_RECORD,
 )
 from ansible_collections.liveupdate.qemu.plugins.module_utils._vm import Vm, validate_name
 
@@ -149,13 +149,10 @@ class TemplateManager:
             template.record.remove()
             raise
         self.timings['save_ms'] = _ms(saved['completed_at'] - saved['stopped_at'])
-        original = memory_files(vm)[0]
-        data = dict(name=template.name, source_vm=self.params['vm'], argv=saved_command(source.proc),
-                    binary=source.proc.exe,
-                    version=vm['running'], machine=vm['machine'], run_status=vm['status'], cwd=source.proc.cwd(),
-                    memory_files=[original], disks=[dict(d, **file_identity(d['path'])) for d in disks],
-                    state_bytes=os.path.getsize(template.record.state_file),
-                    state_sha256=sha256_of(template.record.state_file), **saved)
+        data = record_of(source, vm, template.record.state_file, saved)
+        original = data['memory_files'][0]
+        data.update(name=template.name, source_vm=self.params['vm'],
+                    disks=[dict(d, **file_identity(d['path'])) for d in disks])
         shutdown_ladder(source.proc.pid, lambda: qmp.execute('quit'), self.params['shutdown_timeout'])
         start = time.monotonic()
         move_file(original, template.memory_file)
@@ -294,12 +291,11 @@ class CloneManager:
         data = template.read()
         if data is None:
             raise InvalidInput('template %s does not exist in %s' % (template.name, self.params['template_dir']))
-        if file_identity(template.memory_file) != dict(size=data['stored'][0]['size'],
-                                                       mtime_ns=data['stored'][0]['mtime_ns']):
+        if not unchanged(template.memory_file, data['stored'][0]):
             raise InvalidInput('the memory file of template %s changed after it was made: its clones would not start '
                                'from the saved point' % template.name)
         for disk in data['disks']:
-            if file_identity(disk['path']) != dict(size=disk['size'], mtime_ns=disk['mtime_ns']):
+            if not unchanged(disk['path'], disk):
                 raise InvalidInput('disk %s of template %s changed after the template was made: overlays of it would '
                                    'show the clone another disk' % (disk['path'], template.name))
         return template, data

@@ -100,7 +100,7 @@ def runs_vm(proc, paths, state):
     VM's memory file or, for memfd RAM, serves the VM's QMP socket (under a temporary name while
     an update is under way)."""
     if state.get('memory_file') and state.get('memory_shared', True):
-        return proc.uses_file(state['memory_file']) and not proc.maps_privately(state['memory_file'])
+        return proc.shares_file(state['memory_file'])
     return paths.qmp_socket in [canonical_path(s) for s in proc.cmdline.qmp_sockets()]
 
 

@@ -24,7 +24,8 @@ BASE = [QEMU, '-name', 'guest=web1', '-machine', 'pc,memory-backend=mem0', '-m',
 
 
 def shared_vm(**extra):
-    vm = dict(capabilities={'x-ignore-shared': False, 'events': False}, ram_size=256 << 20,
+    vm = dict(status='running', migration='none', capabilities={'x-ignore-shared': False, 'events': False},
+              ram_size=256 << 20,
               memory_backends=[dict(id='mem0', type='memory-backend-file', size=256 << 20, share=True,
                                     path='/dev/shm/web1.ram')])
     vm.update(extra)
@@ -180,3 +181,8 @@ def test_a_live_updated_vm_is_saved_under_its_canonical_names(monkeypatch):
                                       'tap,id=n1,fd=24']
     reasons = restore_refusals(saved.argv(), shared_vm())
     assert len(reasons) == 1 and 'not a persistent interface' in reasons[0], reasons
+
+
+def test_a_vm_that_is_not_running_or_paused_or_migrating_is_refused():
+    assert any('run state is inmigrate' in r for r in restore_refusals(BASE, shared_vm(status='inmigrate')))
+    assert any('migration is in progress' in r for r in restore_refusals(BASE, shared_vm(migration='active')))
