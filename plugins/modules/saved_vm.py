@@ -23,7 +23,8 @@ description:
   - O(state=absent) discards a saved VM - its state and its memory file. A running VM is not touched; only an
     outdated saved state of it is removed.
   - Refused with nothing changed - a VM that is neither running nor paused, is migrating or has C(postcopy-ram)
-    on, a VM whose RAM is not in named shared memory files, a libvirt domain, disks in C(-snapshot) mode, consoles on stdio, taps or other resources passed by file descriptor; a restore whose memory
+    on, a VM whose RAM is not in named shared memory files, a libvirt domain, disks in C(-snapshot) mode, consoles
+    on stdio, taps or other resources passed by file descriptor; a restore whose memory
     file is missing or was written after the save (size or modification time differ), whose state file does not
     match its record, whose VM was reconfigured since, whose memory file on persistent storage was not flushed
     before the host restarted (O(sync=never)), that already runs (a QEMU maps its memory file, or has its
