@@ -29,6 +29,7 @@ cd "$LU_ROOT"
 DEB_PACKAGES=(
     qemu-system-x86 # the hypervisor the modules drive
     qemu-utils      # qemu-img
+    passt           # user-mode networking that survives a live update (liveupdate.qemu.vm)
     busybox-static  # the test guest's userland (tools/build-guest.sh)
     cpio            # the guest's initramfs
     xz-utils        # unpacking .debs (tools/)

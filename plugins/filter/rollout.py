@@ -86,6 +86,10 @@ def _live_update_row(base, result, vm, unhealthy, finished):
         outcome = 'updated'
     else:
         outcome = 'unchanged'
+    reset = result.get('connections_reset') or []
+    if reset:
+        msg = '%s%d connection(s) of user-mode networking reset: %s' % (
+            msg + '; ' if msg else '', len(reset), ', '.join('%s-%s' % (c['local'], c['remote']) for c in reset[:5]))
     engine = (result.get('timings') or {}).get('engine')
     return _row(base, vm=name, old_version=old[0], old_package=old[1], new_version=new[0], new_package=new[1],
                 guest_pause_ms=result.get('guest_pause_ms'), transfer_mode=result.get('transfer_mode') or '',

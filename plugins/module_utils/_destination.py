@@ -14,6 +14,10 @@ before anything starts (see docs/live-update.md):
 - user-mode ``hostfwd`` rules: left out, added again after the switch;
 - a tap NIC: its open fd is taken from the source and passed down (a
   multi-queue tap opened by name can simply be opened twice);
+- a ``-netdev stream`` connected to a user-mode network stack (passt): its open
+  socket is taken from the source and passed down; the stack is held still while
+  both processes have it (see _live_update.spawn), so the connections it keeps for
+  the guest survive;
 - the machine type: pinned to what the source resolved (``pc`` -> ``pc-i440fx-7.2``);
 - TCP listeners, stdio, ptys, ``-snapshot``: refused.
 
@@ -37,7 +41,7 @@ REFUSED_FLAGS = {
 }
 CHARDEV_OK = ('socket', 'unix', 'file', 'null', 'ringbuf', 'memory', 'pipe', 'msmouse', 'wctablet', 'braille',
               'testdev', 'spicevmc', 'spiceport', 'qemu-vdagent')
-NETDEV_OK = ('user', 'tap', 'hubport', 'vhost-user', 'vhost-vdpa')
+NETDEV_OK = ('user', 'tap', 'stream', 'hubport', 'vhost-user', 'vhost-vdpa')
 CONSOLE_DEVICES = ('isa-serial', 'pci-serial', 'pci-serial-2x', 'pci-serial-4x', 'usb-serial', 'virtconsole',
                    'virtserialport')
 
@@ -63,16 +67,31 @@ class TapHandover:
         return dict(netdev=self.netdev_id, source_fd=self.source_fd, ifname=self.ifname)
 
 
+class StreamHandover:
+    """A ``-netdev stream`` client socket taken from the source (``source_fd``, or found by the
+    ``path`` it is connected to)."""
+
+    def __init__(self, netdev_id, source_fd=None, path=None):
+        self.netdev_id = netdev_id
+        self.source_fd = source_fd
+        self.path = path
+
+    def as_dict(self):
+        return dict(netdev=self.netdev_id, source_fd=self.source_fd, path=self.path)
+
+
 class DestinationPlan:
-    """The destination's argv (with a placeholder per tap fd) and what to do at the switch."""
+    """The destination's argv (with a placeholder per tap and stream fd) and what to do at the switch."""
 
     FD_PLACEHOLDER = '@tapfd%d@'
+    STREAM_PLACEHOLDER = '@streamfd%d@'
 
     def __init__(self, token):
         self.token = token
         self.options = []
         self.renames = []          # (temporary path, canonical path)
         self.taps = []             # TapHandover
+        self.streams = []          # StreamHandover
         self.console_sockets = []  # temporary paths of the server sockets of console devices (see _drain)
         self.downscripts = []      # (netdev id, script) the source runs on its taps when it quits
         self.qmp_socket = None     # the destination's temporary QMP socket
@@ -86,17 +105,19 @@ class DestinationPlan:
         self.renames.append((temporary, canonical))
         return temporary
 
-    def argv(self, binary, tap_fds=()):
-        """The final command line, with the tap fds the destination inherits."""
+    def argv(self, binary, tap_fds=(), stream_fds=()):
+        """The final command line, with the tap and stream fds the destination inherits."""
         out = QemuCommandLine(binary, self.options).argv()
-        for index, fd in enumerate(tap_fds):
-            out = [a.replace(self.FD_PLACEHOLDER % index, str(fd)) for a in out]
+        for placeholder, fds in ((self.FD_PLACEHOLDER, tap_fds), (self.STREAM_PLACEHOLDER, stream_fds)):
+            for index, fd in enumerate(fds):
+                out = [a.replace(placeholder % index, str(fd)) for a in out]
         return out
 
     def as_dict(self, binary):
         return dict(argv=self.argv(binary), renames=[list(r) for r in self.renames],
                     console_sockets=list(self.console_sockets),
-                    taps=[t.as_dict() for t in self.taps], downscripts=[list(d) for d in self.downscripts],
+                    taps=[t.as_dict() for t in self.taps], streams=[t.as_dict() for t in self.streams],
+                    downscripts=[list(d) for d in self.downscripts],
                     qmp_socket=self.qmp_socket)
 
 
@@ -278,7 +299,39 @@ def _netdev(plan, value):
             opts.set('fd', DestinationPlan.FD_PLACEHOLDER % len(plan.taps))
             plan.taps.append(handover)
         # A multi-queue tap opened by name (queues>1) can be attached by both processes.
+    elif kind == 'stream':
+        opts = _stream(plan, opts, value)
     return opts.format()
+
+
+def _stream(plan, opts, value):
+    """A stream client's socket is handed over like a tap's fd; a listening one cannot be.
+    Returns the destination's options (in dotted keys, which QEMU takes for a stream netdev)."""
+    if opts.json_values is not None:  # libvirt's form: {"type": "stream", "addr": {...}, "server": false}
+        flat = []
+        for key, original in opts.json_values.items():
+            nested = original.items() if isinstance(original, dict) else [(None, original)]
+            for sub, item in nested:
+                item = ('on' if item else 'off') if isinstance(item, bool) else str(item)
+                flat.append((key if sub is None else '%s.%s' % (key, sub), item))
+        opts = QemuOpts(flat)
+    if is_on(opts.get('server', 'off')):
+        _refuse('netdev', value, 'a stream netdev that listens (server=on) cannot be handed over; '
+                                 'connect it to the network process instead (server=off)')
+    address = opts.get('addr.type')
+    if address == 'unix' and opts.get('addr.path') and not is_on(opts.get('addr.abstract', 'off')):
+        handover = StreamHandover(opts.get('id'), path=opts.get('addr.path'))
+    elif address == 'fd' and (opts.get('addr.str') or '').isdigit():
+        handover = StreamHandover(opts.get('id'), source_fd=int(opts.get('addr.str')))
+    else:
+        _refuse('netdev', value, 'only a stream connected to a unix socket path or passed as a numbered fd '
+                                 'can be handed over')
+    for key in [k for k, dummy in opts.items if k and k.startswith(('addr.', 'reconnect'))]:
+        opts.remove(key)
+    opts.set('addr.type', 'fd')
+    opts.set('addr.str', DestinationPlan.STREAM_PLACEHOLDER % len(plan.streams))
+    plan.streams.append(handover)
+    return opts
 
 
 def _net_legacy(option, value):

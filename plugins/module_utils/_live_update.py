@@ -33,7 +33,8 @@ from ansible_collections.liveupdate.qemu.plugins.module_utils._journal import Jo
 from ansible_collections.liveupdate.qemu.plugins.module_utils._locate import connect_source, locate, relocate
 from ansible_collections.liveupdate.qemu.plugins.module_utils._lock import UpdateLock
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import (
-    kill_and_wait, launch_detached, process_alive, process_state, remove_files, take_fd, tap_fd_of, users_of,
+    TapHeaderGuard, kill_and_wait, launch_detached, process_alive, process_state, remove_files, take_fd, tap_fd_of,
+    users_of,
 )
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_binary import (
     missing_types, probe_binary, resolve_binary,
@@ -43,10 +44,17 @@ from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_state import
 )
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPSession
 from ansible_collections.liveupdate.qemu.plugins.module_utils._recovery import recover
+from ansible_collections.liveupdate.qemu.plugins.module_utils._sockets import (
+    freeze, stream_fd_of, stream_peers, tcp_connections, thaw, unix_stream_links, unread_bytes,
+)
 from ansible_collections.liveupdate.qemu.plugins.module_utils._takeover import TakeOver
 from ansible_collections.liveupdate.qemu.plugins.module_utils._transfer import cancel_migration, transfer_for
 from ansible_collections.liveupdate.qemu.plugins.module_utils._verify import verify_guest
 from ansible_collections.liveupdate.qemu.plugins.module_utils._wait import wait_for
+
+
+# How long the source may take to read what a stopped stream peer had already sent.
+STREAM_DRAIN_TIMEOUT = 2.0
 
 
 class Switch:
@@ -74,13 +82,15 @@ class Switch:
 @dataclass
 class Preflight:
     """What preflight learnt: the VM as QEMU reports it (``vm``), the target binary's
-    probe, the destination's plan, the host forwards to re-add and the transfer mode."""
+    probe, the destination's plan, the host forwards to re-add, the transfer mode and the
+    processes at the other end of its stream netdevs (held still while the sockets change hands)."""
 
     vm: dict
     target: dict
     plan: object
     forwards: list
     transfer: object
+    frozen: list = None
 
     @property
     def source_caps(self):
@@ -172,35 +182,102 @@ def preflight(src, source, target, probe, params):
     plan = plan_destination(source.proc.argv, source.qmp_socket, vm['machine'], token,
                             transfer.incoming_options(temp_path(source.qmp_socket, token)))
     forwards = host_forwards(src) if source.proc.cmdline.has('netdev') else []
+    frozen = stream_handovers(source, plan)
+    connections = connections_reset(source.proc.pid, forwards)
     learnt['transfer_mode'] = mode
+    learnt['connections'] = connections
     learnt['plan'] = dict(plan.as_dict(target), host_forwards=[list(f) for f in forwards], transfer_mode=mode,
-                          full_copy=transfer.full_copy, was=vm['status'])
-    return Preflight(vm, probe, plan, forwards, transfer), learnt
+                          full_copy=transfer.full_copy, was=vm['status'], held_still=frozen)
+    if connections and params.get('open_connections', 'refuse') == 'refuse':
+        reason = ('%d open connection(s) through QEMU\'s own user-mode networking would be reset (%s); '
+                  'set open_connections=reset to go on, or use passt (-netdev stream) or a tap'
+                  % (len(connections), ', '.join('%s-%s' % (c['local'], c['remote']) for c in connections[:5])))
+        raise UpdateFailed('cannot live-update VM %s: %s' % (source.name, reason), step='preflight',
+                           rolled_back=True, reasons=[reason], **learnt)
+    return Preflight(vm, probe, plan, forwards, transfer, frozen), learnt
+
+
+def stream_handovers(source, plan):
+    """Find the source's socket of each stream netdev found by path; returns the pids of the
+    processes at their other ends, which the update holds still (see spawn)."""
+    if not plan.streams:
+        return []
+    links = unix_stream_links(source.proc.pid)
+    peers = []
+    for stream in plan.streams:
+        if stream.source_fd is None:
+            stream.source_fd = stream_fd_of(source.proc.pid, stream.path, links)
+        if stream.source_fd is None:
+            raise UpdateFailed('cannot live-update VM %s: stream netdev %s is not connected to %s in QEMU pid %d'
+                               % (source.name, stream.netdev_id, stream.path, source.proc.pid),
+                               step='preflight', rolled_back=True)
+        peers += stream_peers(source.proc.pid, stream.source_fd, links)
+    return sorted(set(peers))
+
+
+def connections_reset(pid, forwards):
+    """The established TCP connections QEMU ``pid`` holds itself: user-mode networking's
+    (slirp's) host-side sockets, which die with the process. Each says what it is."""
+    forwarded = set(rule.split(':')[2].split('-')[0] for dummy, rule in forwards if rule.startswith('tcp:'))
+    return [dict(conn, kind='forwarded to the guest' if conn['local'].rsplit(':', 1)[1] in forwarded
+                 else 'opened by the guest or by QEMU')
+            for conn in tcp_connections(pid)]
 
 
 def spawn(source, pre, target, log_path, timeout):
-    """Start the destination (-S -incoming defer) with the source's tap fds; connect to it."""
-    fds = []
+    """Start the destination (-S -incoming defer) with the source's tap and stream fds; connect to it.
+
+    A tap's vnet header size is the device's, not the fd's: the destination sets it to 10 bytes
+    while it starts, under the source that still runs the guest with 12, and every frame in
+    between is misframed. A TapHeaderGuard puts it back until the destination answers QMP
+    (its devices are set up by then; the migration loads the source's value).
+
+    Two processes reading one stream socket would split its frames between them (QEMU 7.2's
+    destination then dies on an assertion): its other end is stopped first, and the source
+    reads what was already sent, so the destination finds nothing to read before the switch.
+    The caller continues it once the source is gone (see LiveUpdate._update)."""
+    fds, stream_fds, guard = [], [], None
     try:
-        for tap in pre.plan.taps:
-            fd = tap.source_fd if tap.source_fd is not None else tap_fd_of(source.proc.pid, tap.ifname)
-            if fd is None:
-                raise UpdateFailed('tap %s is not open in QEMU pid %d' % (tap.ifname, source.proc.pid),
-                                   step='spawn', rolled_back=True)
-            fds.append(take_fd(source.proc.pid, fd))
-        argv = pre.plan.argv(target, fds)
-        log_start = os.path.getsize(log_path) if os.path.exists(log_path) else 0
-        ready = pre.transfer.ready_path(pre.plan.qmp_socket)
-        child = launch_detached(argv, log_path, lambda: os.path.exists(ready), pass_fds=fds, cwd=source.proc.cwd())
+        try:
+            for tap in pre.plan.taps:
+                fd = tap.source_fd if tap.source_fd is not None else tap_fd_of(source.proc.pid, tap.ifname)
+                if fd is None:
+                    raise UpdateFailed('tap %s is not open in QEMU pid %d' % (tap.ifname, source.proc.pid),
+                                       step='spawn', rolled_back=True)
+                fds.append(take_fd(source.proc.pid, fd))
+            stream_fds = [take_fd(source.proc.pid, stream.source_fd) for stream in pre.plan.streams]
+            if pre.frozen:
+                freeze(pre.frozen)
+                for stream, fd in zip(pre.plan.streams, stream_fds):
+                    _wait_read(stream, fd)
+            guard = TapHeaderGuard(fds).start()
+            argv = pre.plan.argv(target, fds, stream_fds)
+            log_start = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+            ready = pre.transfer.ready_path(pre.plan.qmp_socket)
+            child = launch_detached(argv, log_path, lambda: os.path.exists(ready), pass_fds=fds + stream_fds,
+                                    cwd=source.proc.cwd())
+        finally:
+            for fd in fds + stream_fds:
+                os.close(fd)
+        spawned = Spawned(child.pid, argv, QMPSession(pre.plan.qmp_socket, timeout), log_path, log_start,
+                          ChardevDrain(pre.plan.console_sockets), child)
+        if pre.transfer.monitor_before_migrate:
+            spawned.connect(timeout)
     finally:
-        for fd in fds:
-            os.close(fd)
-    spawned = Spawned(child.pid, argv, QMPSession(pre.plan.qmp_socket, timeout), log_path, log_start,
-                      ChardevDrain(pre.plan.console_sockets), child)
-    if pre.transfer.monitor_before_migrate:
-        spawned.connect(timeout)
+        if guard is not None:
+            guard.stop()
     fault_point('spawned', source.proc.pid, child.pid)
     return spawned
+
+
+def _wait_read(stream, fd):
+    """Until the source has read all that the stopped peer of ``stream`` had sent."""
+    try:
+        wait_for(lambda: unread_bytes(fd) == 0, STREAM_DRAIN_TIMEOUT, 'the old QEMU to read')
+    except LiveUpdateError:
+        raise UpdateFailed('stream netdev %s: the old QEMU leaves %d bytes unread (a paused guest does not take '
+                           'its network frames)' % (stream.netdev_id, unread_bytes(fd)), step='spawn',
+                           rolled_back=True)
 
 
 def migrate(src, source, spawned, pre, timeout):
@@ -354,14 +431,24 @@ class LiveUpdate:
         # Before anything changes: what a successor needs to undo it (see _journal).
         journal.write(phase='spawning', source_pid=source.proc.pid, was=pre.vm['status'],
                       capabilities=pre.source_caps, migration_mode=pre.vm['migration_mode'], temporaries=pre.dest_files(), renames=pre.plan.renames,
-                      stray=pre.stray, forwards=pre.forwards, dest_pid=None)
+                      stray=pre.stray, forwards=pre.forwards, dest_pid=None, frozen=pre.frozen)
         try:
             spawned = self._timed('spawn', spawn, source, pre, target, log_path, params['timeout'])
         except (LiveUpdateError, OSError) as exc:
-            self._fail(src, source, pre, None, exc, journal)
+            try:
+                self._fail(src, source, pre, None, exc, journal)
+            finally:
+                thaw(pre.frozen)
         try:
-            self._move(src, source, pre, spawned, journal)
+            try:
+                self._move(src, source, pre, spawned, journal)
+            finally:
+                # One QEMU holds the stream sockets now (the source has quit, or the destination
+                # was ended): their other ends may go on. Never left stopped, whatever failed.
+                thaw(pre.frozen)
             self.timings['engine'] = round(time.monotonic() - started, 4)
+            if self.result.get('connections'):
+                self.result['connections_reset'] = self.result['connections']
             self._timed('verify', self._verify, source, pre, spawned)
         finally:
             self.result['console_bytes'] = dict((canonical_path(path), count)

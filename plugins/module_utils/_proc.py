@@ -8,10 +8,14 @@ ladder, and a file descriptor taken from one of them."""
 
 from __future__ import annotations
 
+import array
 import ctypes
+import fcntl
 import os
 import signal
 import subprocess
+import threading
+import time
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import QemuCommandLine, QemuOpts, is_on
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import LiveUpdateError
@@ -138,6 +142,15 @@ def process_state(pid):
         with open('/proc/%d/stat' % pid) as handle:
             return handle.read().rsplit(')', 1)[1].split()[0]
     except (OSError, IndexError):
+        return None
+
+
+def process_name(pid):
+    """The command name of ``pid`` (/proc/PID/comm), or None when it is gone."""
+    try:
+        with open('/proc/%d/comm' % pid) as handle:
+            return handle.read().strip()
+    except OSError:
         return None
 
 
@@ -297,6 +310,65 @@ def take_fd(pid, fd):
         return new
     finally:
         os.close(pidfd)
+
+
+class TapHeaderGuard:
+    """Keeps the vnet header size of taps as it is while a second QEMU starts on them.
+
+    The size (TUNSETVNETHDRSZ) belongs to the tap device, shared by every fd. A QEMU that
+    starts on a tap sets it to 10 bytes (net/tap.c net_tap_fd_init, virtio-net realize and
+    reset), until a migration loads its device state; a running QEMU whose guest negotiated
+    12 then misframes every packet, both ways. Polled every 0.1 ms: the destination changes it
+    three times within a few hundred milliseconds, and nothing else is told of it."""
+
+    GET = 0x800454d7  # TUNGETVNETHDRSZ
+    SET = 0x400454d8  # TUNSETVNETHDRSZ
+
+    def __init__(self, fds):
+        self.watched = []
+        for fd in fds:
+            own = os.dup(fd)
+            try:
+                self.watched.append((own, self._size(own)))
+            except OSError:  # not a tap with vnet headers: nothing to keep
+                os.close(own)
+        self.restored = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name='tap-header-guard', daemon=True)
+
+    @classmethod
+    def _size(cls, fd):
+        value = array.array('i', [0])
+        fcntl.ioctl(fd, cls.GET, value)
+        return value[0]
+
+    def _restore(self):
+        for fd, size in self.watched:
+            if self._size(fd) != size:
+                fcntl.ioctl(fd, self.SET, array.array('i', [size]))
+                self.restored += 1
+
+    def _run(self):
+        while not self._stop.is_set():
+            self._restore()
+            time.sleep(0.0001)
+
+    def start(self):
+        if self.watched:
+            self._thread.start()
+        return self
+
+    def stop(self):
+        """Stop watching, after one last restore."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        try:
+            self._restore()
+        finally:
+            for fd, dummy in self.watched:
+                os.close(fd)
+            self.watched = []
 
 
 def tap_fd_of(pid, ifname):

@@ -16,6 +16,7 @@ from ansible_collections.liveupdate.qemu.plugins.module_utils._qemu_state import
     memory_backends, migration_mode, restore_capabilities,
 )
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPError, QMPSession
+from ansible_collections.liveupdate.qemu.plugins.module_utils._sockets import thaw
 from ansible_collections.liveupdate.qemu.plugins.module_utils._takeover import TakeOver, temporaries
 from ansible_collections.liveupdate.qemu.plugins.module_utils._transfer import cancel_migration
 
@@ -66,6 +67,14 @@ def recover(src, source, switch, journal, params, check_mode):
     an interrupted update (nothing more to do), its take-over result and msg."""
     if journal is not None and not _journal_of(journal, source.proc):
         journal = None  # an update of another process that ran this VM's name: over with it
+    try:
+        return _recover(src, source, switch, journal, params, check_mode)
+    finally:
+        if journal and not check_mode:
+            thaw(journal.get('frozen'))  # the stream peers that update stopped (see _live_update.spawn)
+
+
+def _recover(src, source, switch, journal, params, check_mode):
     saved_caps = journal['capabilities'] if journal else None
     outcome = _settle_others(src, source, switch, saved_caps, params, check_mode)
     if not check_mode and source.paths and 'msg' not in outcome:

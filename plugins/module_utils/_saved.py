@@ -222,6 +222,9 @@ def restore_refusals(argv, vm):
                 opts.get(key) for key in ('fd', 'fds', 'vhostfd', 'vhostfds')):
             reasons.append('-netdev %s: a tap passed by file descriptor, which is not a persistent interface, '
                            'ends with the QEMU; make the interface persistent (ip tuntap add ...)' % value)
+        elif name == 'netdev' and opts.get('type', implied='type') == 'stream':
+            reasons.append('-netdev %s: the connection to its network process (passt) ends with the QEMU, and '
+                           'with it the process; use a tap or QEMU\'s user-mode networking for a VM to save' % value)
     return reasons
 
 

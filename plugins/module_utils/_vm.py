@@ -22,7 +22,8 @@ import re
 from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import canonical_path
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput, LiveUpdateError
 from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import (
-    LaunchError, QemuProcess, kill_and_wait, launch_daemonized, qemu_processes, shutdown_ladder, users_of,
+    LaunchError, QemuProcess, kill_and_wait, launch_daemonized, launch_detached, process_name, qemu_processes,
+    shutdown_ladder, users_of,
 )
 from ansible_collections.liveupdate.qemu.plugins.module_utils._qmp import QMPError, QMPSession
 from ansible_collections.liveupdate.qemu.plugins.module_utils._wait import WaitTimeout, wait_for
@@ -57,6 +58,12 @@ class RuntimePaths:
         self.qemu_log = os.path.join(self.root, 'qemu.log')
         self.vnc_socket = os.path.join(self.root, 'vnc.sock')
 
+    def passt_socket(self, index):
+        return os.path.join(self.root, 'net%d.passt.sock' % index)
+
+    def passt_pidfile(self, index):
+        return os.path.join(self.root, 'net%d.passt.pid' % index)
+
     def read_state(self):
         try:
             with open(self.state_file) as handle:
@@ -88,11 +95,15 @@ class RuntimePaths:
         return True
 
     def read_pid(self):
-        try:
-            with open(self.pidfile) as handle:
-                return int(handle.read().strip())
-        except (OSError, ValueError):
-            return None
+        return read_pidfile(self.pidfile)
+
+
+def read_pidfile(path):
+    try:
+        with open(path) as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def runs_vm(proc, paths, state):
@@ -172,6 +183,8 @@ class Vm:
         self.state = dict(spec=spec.as_dict(), argv=argv, binary=spec.binary, memory_file=spec.memory_file)
         try:
             self.paths.write_state(self.state)
+            for socket, passt in spec.passt_commands(self.paths):
+                launch_detached(passt, self.paths.qemu_log, lambda socket=socket: os.path.exists(socket), timeout=timeout)
             self._launch(argv, timeout)
             return self.process()
         except BaseException:
@@ -220,7 +233,13 @@ class Vm:
         return shutdown_ladder(proc.pid, request_quit, step_timeout)
 
     def remove_files(self):
-        """Remove the memory file and the runtime directory; QEMU must be gone."""
+        """Remove the memory file and the runtime directory; QEMU must be gone. A passt that
+        never had its QEMU (it ends with it otherwise) is ended."""
+        for entry in os.listdir(self.paths.root) if os.path.isdir(self.paths.root) else ():
+            if entry.endswith('.passt.pid'):
+                pid = read_pidfile(os.path.join(self.paths.root, entry))
+                if pid and (process_name(pid) or '').startswith('passt'):  # passt runs as passt.avx2
+                    kill_and_wait(pid)
         if self.memory_file and os.path.exists(self.memory_file):
             if users_of(self.memory_file):
                 raise LiveUpdateError('refusing to remove %s: a QEMU still uses it' % self.memory_file)

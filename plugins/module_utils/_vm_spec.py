@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils._cmdline import QemuOpts
 from ansible_collections.liveupdate.qemu.plugins.module_utils._errors import InvalidInput
@@ -27,6 +28,11 @@ UNITS = {'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30, 'T': 1 << 40}
 MIB = 1 << 20
 
 MEMORY_BACKEND_ID = 'mem0'
+# -netdev stream, which connects QEMU to passt, came with QEMU 7.2.
+STREAM_NETDEV_FROM = (7, 2)
+# What QEMU's user-mode networking gives a guest, and so passt too (see passt_argv).
+USER_NET = dict(address='10.0.2.15', prefix='24', gateway='10.0.2.2', dns='10.0.2.3')
+HOSTFWD_RE = re.compile(r'^(?P<proto>tcp|udp):(?P<haddr>[^:]*):(?P<hport>\d+)-(?P<gaddr>[^:]*):(?P<gport>\d+)$')
 
 # Spec keys whose change on a running VM is a conflict. The binary is not one:
 # moving a VM to another binary is what live_update is for.
@@ -86,6 +92,8 @@ class VmSpec:
             raise InvalidInput('initrd and append need kernel')
         self.disks = [self._disk(d) for d in params.get('disks') or []]
         self.nics = [self._nic(n) for n in params.get('nics') or []]
+        # Resolved by check_files (auto: passt where this host has it).
+        self.net_backends = ['slirp' if n['type'] == 'user' else None for n in self.nics]
         self.serial = params['serial']
         self.vnc = params.get('vnc')
         self.extra_args = list(params.get('extra_args') or [])
@@ -104,6 +112,10 @@ class VmSpec:
             raise InvalidInput('a tap NIC needs ifname')
         if nic.get('hostfwd') and nic['type'] != 'user':
             raise InvalidInput('hostfwd is only for user-mode NICs (type: user)')
+        for rule in nic.get('hostfwd', []):
+            if nic['type'] == 'user' and nic.get('backend') != 'slirp' and not HOSTFWD_RE.match(rule):
+                raise InvalidInput('hostfwd %s: passt takes PROTO:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT '
+                                   '(set backend: slirp for other forms)' % rule)
         return nic
 
     def check_files(self):
@@ -120,6 +132,30 @@ class VmSpec:
                 setattr(self, attr, _existing_file(getattr(self, attr), attr))
         for disk in self.disks:
             disk['path'] = _existing_file(disk['path'], 'disk image')
+        self.net_backends = [self._backend(nic) for nic in self.nics]
+
+    def _backend(self, nic):
+        """'passt', 'slirp' or None (a tap) for ``nic``, ``auto`` resolved on this host."""
+        if nic['type'] != 'user':
+            return None
+        wanted = nic.get('backend', 'auto')
+        version = (binary_version(self.binary) or {}).get('version')
+        stream = bool(version) and version_tuple(version) >= STREAM_NETDEV_FROM
+        passt = shutil.which('passt')
+        if wanted == 'passt' and not (passt and stream):
+            raise InvalidInput('backend passt needs the passt command (package passt) and QEMU %d.%d or later '
+                               '(-netdev stream); %s' % (STREAM_NETDEV_FROM + ('passt is not installed' if stream
+                                                                               else 'this is QEMU %s' % version,)))
+        if wanted == 'auto':
+            wanted = 'passt' if passt and stream else 'slirp'
+        if wanted == 'passt' and any(HOSTFWD_RE.match(r).group('hport') == '0' for r in nic.get('hostfwd', [])):
+            raise InvalidInput('hostfwd with host port 0 (any free port) needs backend: slirp')
+        return wanted
+
+    def passt_commands(self, paths):
+        """[(socket path, argv)] of the passt process of each NIC on passt."""
+        return [(paths.passt_socket(index), passt_argv(nic, paths.passt_socket(index), paths.passt_pidfile(index)))
+                for index, (nic, backend) in enumerate(zip(self.nics, self.net_backends)) if backend == 'passt']
 
     def check_memory_dir(self, reuse_bytes=0):
         """The memory directory exists and has room for the guest RAM (in a memory file)."""
@@ -187,16 +223,19 @@ class VmSpec:
                                          ('if', disk['interface']), ('id', 'disk%d' % index),
                                          ('cache', disk['cache'])]).format()]
         for index, nic in enumerate(self.nics):
-            argv += self._nic_args(index, nic)
+            argv += self._nic_args(index, nic, self.net_backends[index], paths)
         if self.vnc:
             target = 'unix:%s' % paths.vnc_socket.replace(',', ',,') if self.vnc == 'unix' else self.vnc
             argv += ['-vga', 'std', '-vnc', target]
         return argv + ['-daemonize'] + self.extra_args
 
     @staticmethod
-    def _nic_args(index, nic):
+    def _nic_args(index, nic, backend, paths):
         netdev = 'net%d' % index
-        if nic['type'] == 'user':
+        if backend == 'passt':
+            items = [(None, 'stream'), ('id', netdev), ('server', 'off'), ('addr.type', 'unix'),
+                     ('addr.path', paths.passt_socket(index))]
+        elif nic['type'] == 'user':
             items = [(None, 'user'), ('id', netdev)] + [('hostfwd', rule) for rule in nic.get('hostfwd', [])]
         else:
             items = [(None, 'tap'), ('id', netdev), ('ifname', nic['ifname']), ('script', 'no'),
@@ -207,3 +246,22 @@ class VmSpec:
         if nic.get('mac'):
             device.append(('mac', nic['mac']))
         return ['-netdev', QemuOpts(items).format(), '-device', QemuOpts(device).format()]
+
+
+def passt_argv(nic, socket, pidfile):
+    """passt for one NIC: the guest sees what QEMU's user-mode networking would give it, the
+    host's ports are forwarded as the NIC's hostfwd rules say, and passt ends with its one
+    client (--one-off): the QEMU that connects, then every QEMU a live update hands the
+    same connection to."""
+    # As root, like the QEMU: as passt's default user (nobody) it cannot write into the VM's
+    # runtime directory, which is root's alone.
+    argv = ['passt', '--foreground', '--one-off', '--quiet', '--runas', '0', '--socket', socket, '--pid', pidfile,
+            '--address', USER_NET['address'], '--netmask', USER_NET['prefix'], '--gateway', USER_NET['gateway'],
+            '--dns-forward', USER_NET['dns'], '--ipv4-only']
+    for rule in nic.get('hostfwd', []):
+        match = HOSTFWD_RE.match(rule)
+        spec = '%s:%s' % (match.group('hport'), match.group('gport'))
+        if match.group('haddr'):
+            spec = '%s/%s' % (match.group('haddr'), spec)
+        argv += ['--tcp-ports' if match.group('proto') == 'tcp' else '--udp-ports', spec]
+    return argv

@@ -102,6 +102,19 @@ options:
         in 9.0), so such a copy is refused unless O(force) is set.
     type: bool
     default: false
+  open_connections:
+    description:
+      - What to do when TCP connections that QEMU holds itself are open - those of its built-in user-mode
+        networking (C(-netdev user), slirp) forwarded to the guest by C(hostfwd) or opened by the guest. They
+        belong to the QEMU process, so the update resets them (clients see a reset; the forwarding rules are
+        added again for new connections).
+      - C(refuse) fails the VM's update in preflight, listing them (RV(connections)); nothing changes.
+        C(reset) goes on and lists them in RV(connections_reset), and in the rollout report.
+      - Connections through a tap, or through passt (C(-netdev stream), see M(liveupdate.qemu.vm)'s
+        O(liveupdate.qemu.vm#module:nics[].backend)), live outside QEMU and are kept.
+    type: str
+    choices: [refuse, reset]
+    default: refuse
   force:
     description:
       - Update even when the VM already runs the target's version.
@@ -188,10 +201,24 @@ target:
 plan:
   description: >-
     What the update does or would do: the destination C(argv), C(renames) (temporary path, canonical path),
-    tap C(taps) handed over, the source's tap C(downscripts) (netdev, script) skipped, C(host_forwards) re-added,
-    C(transfer_mode), C(full_copy), and the source's run state C(was).
+    tap C(taps) and stream netdev sockets C(streams) handed over, the pids of the processes at the other end of
+    the streams (passt) C(held_still) while both QEMUs have the sockets, the source's tap C(downscripts) (netdev,
+    script) skipped, C(host_forwards) re-added, C(transfer_mode), C(full_copy), and the source's run state C(was).
   returned: changed
   type: dict
+connections:
+  description:
+    - The established TCP connections the source QEMU holds itself (C(local), C(remote) address, and C(kind) -
+      forwarded to the guest, or opened by the guest or by QEMU), which the update resets; see O(open_connections).
+  returned: when preflight ran
+  type: list
+  elements: dict
+  sample: [{local: 127.0.0.1:8080, remote: 127.0.0.1:51234, kind: forwarded to the guest}]
+connections_reset:
+  description: The RV(connections) this update reset (with O(open_connections=reset)).
+  returned: when the update reset connections
+  type: list
+  elements: dict
 transfer_mode:
   description: The transfer mode used (or, in check mode, that would be used); see O(transfer_mode).
   returned: changed
@@ -299,6 +326,7 @@ def main():
             transfer_mode=dict(type='str', default='auto', choices=['auto', 'cpr-transfer', 'x-ignore-shared',
                                                                     'full-copy']),
             allow_full_copy=dict(type='bool', default=False),
+            open_connections=dict(type='str', default='refuse', choices=['refuse', 'reset']),
             force=dict(type='bool', default=False),
             migration_timeout=dict(type='float', default=60),
             lock_timeout=dict(type='float', default=0),

@@ -119,10 +119,25 @@ options:
     default: []
     suboptions:
       type:
-        description: C(user) for QEMU's user-mode network, C(tap) for an existing tap device.
+        description: C(user) for user-mode networking (see O(nics[].backend)), C(tap) for an existing tap device.
         type: str
         choices: [user, tap]
         default: user
+      backend:
+        description:
+          - What runs user-mode networking. C(passt) is a network stack in a process of its own, connected
+            to QEMU by C(-netdev stream); it holds the guest's connections, so they survive a live update.
+            C(slirp) is QEMU's built-in stack; its connections belong to the QEMU process and are reset by a
+            live update (which refuses while any is open unless told otherwise, see
+            M(liveupdate.qemu.live_update)'s O(liveupdate.qemu.live_update#module:open_connections)).
+          - C(auto) picks C(passt) when the C(passt) command is installed and the binary has C(-netdev stream)
+            (QEMU 7.2 and later), else C(slirp).
+          - The passt process of a NIC ends with the VM. A VM on passt cannot be saved or made a template
+            (M(liveupdate.qemu.saved_vm)); use C(slirp) for those.
+          - Both give the guest 10.0.2.15/24 by DHCP with the gateway 10.0.2.2, which reaches the host.
+        type: str
+        choices: [auto, passt, slirp]
+        default: auto
       model:
         description: NIC device model.
         type: str
@@ -131,7 +146,9 @@ options:
         description: MAC address; QEMU picks one when omitted.
         type: str
       hostfwd:
-        description: User-mode host forwarding rules, for example C(tcp:127.0.0.1:2222-:22).
+        description:
+          - User-mode host forwarding rules, for example C(tcp:127.0.0.1:2222-:22).
+          - With C(passt) each rule becomes a passt port forward (C(-t)/C(-u)); a host port of 0 needs C(slirp).
         type: list
         elements: str
         default: []
@@ -261,6 +278,7 @@ def main():
             )),
             nics=dict(type='list', elements='dict', default=[], options=dict(
                 type=dict(type='str', default='user', choices=['user', 'tap']),
+                backend=dict(type='str', default='auto', choices=['auto', 'passt', 'slirp']),
                 model=dict(type='str', default='virtio-net-pci'),
                 mac=dict(type='str'),
                 hostfwd=dict(type='list', elements='str', default=[]),

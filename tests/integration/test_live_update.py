@@ -27,12 +27,12 @@ def disk_image(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def full_vm(ansible, guest_spec, old_qemu, disk_image):
-    """A guest on the older build with a qcow2 disk it keeps writing, a user-mode NIC with
-    a forwarded HTTP port, a serial console and VNC on a unix socket."""
+    """A guest on the older build with a qcow2 disk it keeps writing, a user-mode NIC (QEMU's
+    own, slirp) with a forwarded HTTP port, a serial console and VNC on a unix socket."""
     args = guest_spec('lut-full', binary=old_qemu, vnc='unix',
                       append='console=ttyS0 quiet lu.fill_mb=16 lu.disk=1 lu.http=1',
                       disks=[{'path': disk_image}],
-                      nics=[{'type': 'user', 'hostfwd': ['tcp:127.0.0.1:%d-:80' % HTTP_PORT]}])
+                      nics=[{'type': 'user', 'backend': 'slirp', 'hostfwd': ['tcp:127.0.0.1:%d-:80' % HTTP_PORT]}])
     result = ansible.module('vm', args)
     assert result['changed'], result
     vm = result['vm']
@@ -169,3 +169,29 @@ def test_paused_vm_stays_paused(ansible, full_vm):
         ansible.module('qmp_command', {'name': 'lut-full', 'command': 'cont'})
     before = full_vm['log'].summary()
     assert_continuous(full_vm, before.last_counter, before.boot_ids[0])
+
+
+def test_open_connection_through_slirp_is_refused_then_reset(ansible, full_vm):
+    """A client connected through QEMU's own user-mode networking: preflight names the
+    connection and refuses; open_connections=reset goes on and the client sees its end."""
+    pid = qemu_pids_under(full_vm['memory_file'])
+    client = socket.create_connection(('127.0.0.1', HTTP_PORT), timeout=10)
+    try:
+        local = '%s:%d' % client.getsockname()
+        refused = ansible.module('live_update', {'name': 'lut-full', 'force': True})
+        assert refused['failed'] and refused['step'] == 'preflight' and refused['rolled_back'], refused
+        assert [c['remote'] for c in refused['connections']] == [local], refused['connections']
+        assert refused['connections'][0]['kind'] == 'forwarded to the guest'
+        assert 'open_connections=reset' in refused['msg']
+        assert qemu_pids_under(full_vm['memory_file']) == pid
+
+        reset = ansible.module('live_update', {'name': 'lut-full', 'force': True, 'open_connections': 'reset'})
+        assert reset['changed'] and [c['remote'] for c in reset['connections_reset']] == [local], reset
+        client.sendall(b'GET / HTTP/1.0\r\n\r\n')
+        try:
+            assert client.recv(100) == b''  # the guest never saw this connection's new owner
+        except ConnectionResetError:
+            pass
+    finally:
+        client.close()
+    assert http_boot_id()  # new connections are forwarded again

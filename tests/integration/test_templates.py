@@ -31,7 +31,8 @@ def template_dirs(tmp_path):
 def test_template_and_three_independent_clones(ansible, guest_spec, template_dirs, tmp_path):
     disk = str(tmp_path / 'golden.qcow2')
     subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', disk, '16M'], check=True)
-    args = guest_spec('lut-golden', disks=[{'path': disk}], nics=[{'type': 'user', 'hostfwd': ['tcp:127.0.0.1:0-:80']}],
+    nics = [{'type': 'user', 'backend': 'slirp', 'hostfwd': ['tcp:127.0.0.1:0-:80']}]  # passt VMs are not saved
+    args = guest_spec('lut-golden', disks=[{'path': disk}], nics=nics,
                       append='console=ttyS0 quiet lu.fill_mb=8 lu.disk=1')
     golden = ansible.module('vm', args)['vm']
     booted = guest_log(golden['serial_log']).wait(lambda s: s.mem_ok >= 1 and (s.last_disk_record or 0) >= 5, timeout=120)

@@ -84,7 +84,7 @@ def test_vm_module_argv():
         tmp(WEB1_QMP), tmp('/run/lu/web1/qemu.pid'), '/run/lu/web1/qemu.pid')
     assert p.taps == []
     assert p.console_sockets == [tmp('/run/lu/web1/serial.sock')]
-    assert p.as_dict(TARGET) == dict(argv=WEB1_DEST, renames=[list(r) for r in WEB1_RENAMES], taps=[],
+    assert p.as_dict(TARGET) == dict(argv=WEB1_DEST, renames=[list(r) for r in WEB1_RENAMES], taps=[], streams=[],
                                      console_sockets=[tmp('/run/lu/web1/serial.sock')],
                                      downscripts=[], qmp_socket=tmp(WEB1_QMP))
 
@@ -504,3 +504,34 @@ def test_bug_json_netdev_list_values():
     value = [v for n, v in QemuCommandLine.parse(p.argv(TARGET)).options if n == 'netdev'][0]
     assert value.startswith('{'), value
     assert json.loads(value) == {'type': 'user', 'id': 'net0', 'dnssearch': [{'str': 'corp.example'}]}
+
+
+# --- stream netdevs (passt) -------------------------------------------------
+
+@pytest.mark.parametrize('netdev, dest, handover', [
+    ('stream,id=net0,server=off,addr.type=unix,addr.path=/run/vm/passt.sock',
+     'stream,id=net0,server=off,addr.type=fd,addr.str=@streamfd0@',
+     dict(netdev='net0', source_fd=None, path='/run/vm/passt.sock')),
+    ('stream,id=net0,addr.type=fd,addr.str=23', 'stream,id=net0,addr.type=fd,addr.str=@streamfd0@',
+     dict(netdev='net0', source_fd=23, path=None)),
+    # libvirt's form
+    (json.dumps({'type': 'stream', 'addr': {'type': 'unix', 'path': '/run/libvirt/passt.sock'}, 'server': False,
+                 'reconnect': 5, 'id': 'hostnet0'}),
+     'type=stream,server=off,id=hostnet0,addr.type=fd,addr.str=@streamfd0@',
+     dict(netdev='hostnet0', source_fd=None, path='/run/libvirt/passt.sock')),
+], ids=['unix', 'fd', 'json'])
+def test_stream_socket_is_handed_over(netdev, dest, handover):
+    p = plan(M + Q + ['-netdev', netdev, '-device', 'virtio-net-pci,netdev=net0'])
+    assert [v for n, v in p.options if n == 'netdev'] == [dest]
+    assert [s.as_dict() for s in p.streams] == [handover]
+    assert dest.replace('@streamfd0@', '41') in p.argv(TARGET, stream_fds=[41])
+
+
+@pytest.mark.parametrize('netdev, message', [
+    ('stream,id=net0,server=on,addr.type=unix,addr.path=/run/vm/s.sock', 'server=on'),
+    ('stream,id=net0,server=off,addr.type=inet,addr.host=127.0.0.1,addr.port=5000', 'unix socket path'),
+    ('stream,id=net0,addr.type=fd,addr.str=passtfd', 'numbered fd'),
+])
+def test_stream_refused(netdev, message):
+    with pytest.raises(Refused, match=message):
+        plan(M + Q + ['-netdev', netdev])

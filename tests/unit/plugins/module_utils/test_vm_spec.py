@@ -409,3 +409,51 @@ def test_a_spec_recorded_before_memory_backend_existed_does_not_conflict():
     del stored['memory_backend']
     assert VmSpec(make_params()).conflicts_with(stored) == []
     assert VmSpec(make_params(memory_backend='memfd')).conflicts_with(stored) == ['memory_backend']
+
+
+# --- user-mode networking on passt ---------------------------------------------
+
+def test_passt_nic_is_a_stream_to_its_passt(paths, monkeypatch):
+    monkeypatch.setattr(_vm_spec.shutil, 'which', lambda name: '/usr/bin/passt')
+    monkeypatch.setattr(_vm_spec, 'binary_version', lambda path: dict(version='7.2.22'))
+    spec = VmSpec(make_params(binary='/bin/true', nics=[
+        nic(backend='auto', hostfwd=['tcp:127.0.0.1:8080-:80', 'udp::5353-:53']), nic(backend='slirp')]))
+    spec.check_files()
+    assert spec.net_backends == ['passt', 'slirp']
+    assert [o.format() for o in _opts(spec.argv(paths), 'netdev')] == [
+        'stream,id=net0,server=off,addr.type=unix,addr.path=/run/liveupdate-qemu/web-1/net0.passt.sock',
+        'user,id=net1']
+    [(socket, argv)] = spec.passt_commands(paths)
+    assert socket == paths.passt_socket(0)
+    assert argv[argv.index('--socket') + 1] == socket and argv[argv.index('--pid') + 1] == paths.passt_pidfile(0)
+    assert '--one-off' in argv and argv[argv.index('--address') + 1] == '10.0.2.15'
+    assert argv[-4:] == ['--tcp-ports', '127.0.0.1/8080:80', '--udp-ports', '5353:53']
+
+
+@pytest.mark.parametrize('which, version, backend, expected', [
+    (None, '7.2.22', 'auto', 'slirp'),
+    ('/usr/bin/passt', '7.1.0', 'auto', 'slirp'),
+    (None, '7.2.22', 'passt', 'needs the passt command'),
+    ('/usr/bin/passt', '7.1.0', 'passt', 'this is QEMU 7.1.0'),
+])
+def test_passt_backend_where_available(monkeypatch, which, version, backend, expected):
+    monkeypatch.setattr(_vm_spec.shutil, 'which', lambda name: which)
+    monkeypatch.setattr(_vm_spec, 'binary_version', lambda path: dict(version=version))
+    spec = VmSpec(make_params(binary='/bin/true', nics=[nic(backend=backend)]))
+    if expected == 'slirp':
+        spec.check_files()
+        assert spec.net_backends == ['slirp']
+    else:
+        with pytest.raises(InvalidInput, match=expected):
+            spec.check_files()
+
+
+@pytest.mark.parametrize('hostfwd, message', [
+    ('tcp:127.0.0.1:0-:80', 'host port 0'),
+    ('tcp:127.0.0.1:8080', 'passt takes PROTO'),
+])
+def test_passt_hostfwd_refused(monkeypatch, hostfwd, message):
+    monkeypatch.setattr(_vm_spec.shutil, 'which', lambda name: '/usr/bin/passt')
+    monkeypatch.setattr(_vm_spec, 'binary_version', lambda path: dict(version='7.2.22'))
+    with pytest.raises(InvalidInput, match=message):
+        VmSpec(make_params(binary='/bin/true', nics=[nic(backend='auto', hostfwd=[hostfwd])])).check_files()
