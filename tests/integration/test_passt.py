@@ -104,6 +104,35 @@ def test_connection_survives_updates(ansible, passt_vm, old_qemu):
     assert summary.boot_ids == [boot_id] and summary.mem_bad == 0
 
 
+@pytest.mark.parametrize('fault, settled_by_next_run', [
+    ('spawned:kill-dest', False),    # rolled back: passt goes on at once
+    ('migrated:stop-dest', False),   # rolled back after the migration
+    ('migrated:kill-module', True),  # the module died with passt stopped: the next run continues it
+    ('committed:kill-module', True),
+])
+def test_fault_never_leaves_passt_stopped(ansible, passt_vm, fault, settled_by_next_run):
+    """A fault at a step boundary while passt is held still: passt is continued by the
+    rollback, or, when the module process itself died, by the next run's recover step; the
+    guest goes on serving on exactly one QEMU."""
+    boot_id = get()
+    [passt] = [int(p) for p in os.listdir('/proc') if p.isdigit() and _is_passt_of(int(p), passt_vm['runtime_dir'])]
+    task = {'liveupdate.qemu.live_update': dict(name='lut-passt', force=True, timeout=5),
+            'environment': {'LIVEUPDATE_QEMU_FAULTS': fault}}
+    failed = ansible.play([task]).results[0]
+    assert failed.get('failed'), failed
+    if settled_by_next_run:
+        assert _state(passt) == 'T'  # what a killed module leaves; its journal names passt
+        again = ansible.module('live_update', dict(name='lut-passt', force=True))
+        assert not again.get('failed'), again
+    else:
+        assert failed['rolled_back'] is True, failed
+        for pid in qemu_pids_under(passt_vm['memory_file']):  # a stopped destination was ended
+            assert _state(pid) != 'T'
+    assert _state(passt) != 'T'
+    assert len(qemu_pids_under(passt_vm['memory_file'])) == 1
+    assert get() == boot_id
+
+
 def _state(pid):
     with open('/proc/%d/stat' % pid) as handle:
         return handle.read().rsplit(')', 1)[1].split()[0]

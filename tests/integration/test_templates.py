@@ -28,7 +28,7 @@ def template_dirs(tmp_path):
     return dict(template_dir=str(tmp_path / 'templates'), overlay_dir=str(tmp_path / 'clones'))
 
 
-def test_template_and_three_independent_clones(ansible, guest_spec, template_dirs, tmp_path):
+def test_template_and_three_independent_clones(ansible, guest_spec, bare_spec, template_dirs, tmp_path):
     disk = str(tmp_path / 'golden.qcow2')
     subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', disk, '16M'], check=True)
     nics = [{'type': 'user', 'backend': 'slirp', 'hostfwd': ['tcp:127.0.0.1:0-:80']}]  # passt VMs are not saved
@@ -100,7 +100,7 @@ def test_template_and_three_independent_clones(ansible, guest_spec, template_dir
         # removes its overlays and registration).
         stopped = ansible.module('vm', dict(name='lut-c2', state='stopped'))
         assert stopped['changed'] and sha256(template['memory_file']) == memory_sum, stopped
-        own = ansible.module('vm', guest_spec('lut-own', memory='128M'))
+        own = ansible.module('vm', bare_spec('lut-own'))  # no guest needed: it only has to be no clone
         try:
             taken = ansible.module('vm_clone', dict(name='lut-own', template='lut-tpl', **template_dirs))
             assert taken.get('failed') and 'not a clone' in taken['msg'], taken
