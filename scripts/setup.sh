@@ -4,7 +4,9 @@
 #
 #   1. Debian packages (apt-get update only when a package is missing)
 #   2. .venv from requirements-dev.txt (rebuilt when that file or the interpreter changes)
-#   3. the test guest in .cache/guest (tools/build-guest.sh)
+#   3. the test guest in .cache/guest (tools/build-guest.sh), and the Debian 12 guest with systemd and
+#      nginx (tools/build-debian-guest.sh: debootstrap, cached outside the checkout by its inputs in
+#      $LU_IMAGE_CACHE, default /var/cache/liveupdate-qemu; about a minute the first time)
 #   4. an older QEMU 7.2 build staged in .cache/qemu (roles/qemu_build/files/stage-qemu.sh
 #      --oldest: the oldest other 7.2 of Debian 12's own suites; when they have none, the
 #      installed version itself, side by side)
@@ -14,6 +16,7 @@
 #   6. the collection built with `ansible-galaxy collection build` into .build/, that tarball
 #      installed into .build/collections, and `ansible-doc` run on every module of it
 #   7. .build/env.sh, to `source` for PATH, ANSIBLE_COLLECTIONS_PATH, LIVEUPDATE_GUEST_DIR,
+#      LIVEUPDATE_DEBIAN_GUEST_DIR,
 #      LIVEUPDATE_OLD_QEMU, LIVEUPDATE_NEW_QEMU (empty without QEMU 10.0),
 #      LIVEUPDATE_NEW_QEMU_VERSION and PYTHONPATH
 #
@@ -32,6 +35,7 @@ DEB_PACKAGES=(
     passt           # user-mode networking that survives a live update (liveupdate.qemu.vm)
     busybox-static  # the test guest's userland (tools/build-guest.sh)
     cpio            # the guest's initramfs
+    debootstrap e2fsprogs # the Debian guest (tools/build-debian-guest.sh)
     xz-utils        # unpacking .debs (tools/)
     python3 python3-venv python3-pip
     python3-packaging # ansible.builtin.pip in the hypervisor role (the molecule hosts cannot apt-get)
@@ -107,6 +111,14 @@ build_guest() {
         [[ -s $LU_CACHE/guest/$f ]] || die "tools/build-guest.sh left no $LU_CACHE/guest/$f"
     done
     GUEST_DIR=$LU_CACHE/guest
+}
+
+build_debian_guest() {
+    local json
+    json=$(tools/build-debian-guest.sh | tail -n 1)
+    [[ -s $json ]] || die "tools/build-debian-guest.sh printed no guest.json ($json)"
+    DEBIAN_GUEST_DIR=$(dirname "$json")
+    log "Debian guest: $DEBIAN_GUEST_DIR"
 }
 
 STAGE_QEMU=roles/qemu_build/files/stage-qemu.sh
@@ -240,6 +252,8 @@ export ANSIBLE_COLLECTIONS_PATH="$LU_BUILD/collections"
 # The same tree on the Python path, for the unit tests' imports of ansible_collections.*.
 export PYTHONPATH="$LU_BUILD/collections"
 export LIVEUPDATE_GUEST_DIR="$GUEST_DIR"
+# The Debian 12 guest (systemd, nginx), cached outside the checkout by its inputs.
+export LIVEUPDATE_DEBIAN_GUEST_DIR="$DEBIAN_GUEST_DIR"
 export LIVEUPDATE_OLD_QEMU="$OLD_QEMU"
 # QEMU 10.0 from $LU_NEW_QEMU_SUITE, staged side by side, and its Debian version: both empty when
 # the suite could not be reached.
@@ -254,6 +268,7 @@ lu_stage packages install_packages
 lu_stage venv make_venv
 export PATH=$LU_VENV/bin:$PATH VIRTUAL_ENV=$LU_VENV
 lu_stage guest build_guest
+lu_stage debian-guest build_debian_guest
 lu_stage old-qemu stage_old_qemu
 lu_stage new-qemu stage_new_qemu
 lu_stage collection build_collection

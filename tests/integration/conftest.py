@@ -5,6 +5,7 @@ and real guests (TCG). scripts/setup.sh provides the environment:
 
 - ANSIBLE_COLLECTIONS_PATH: the installed collection
 - LIVEUPDATE_GUEST_DIR: vmlinux + initramfs.gz of the test guest (tools/build-guest.sh)
+- LIVEUPDATE_DEBIAN_GUEST_DIR: the Debian 12 guest with systemd and nginx (tools/build-debian-guest.sh)
 - LIVEUPDATE_OLD_QEMU: the older QEMU build staged side by side (roles/qemu_build/files/stage-qemu.sh)
 - LIVEUPDATE_NEW_QEMU, LIVEUPDATE_NEW_QEMU_VERSION: QEMU 10.0 of bookworm-backports staged side by side,
   and its Debian version (empty when setup.sh could not reach that suite: the tests that need them fail)
@@ -42,6 +43,18 @@ def guest_dir():
     for name in ('vmlinux', 'initramfs.gz'):
         assert os.path.isfile(os.path.join(path, name)), 'test guest incomplete: %s/%s' % (path, name)
     return path
+
+
+@pytest.fixture(scope='session')
+def debian_guest():
+    """The Debian 12 guest (systemd, nginx; tools/build-debian-guest.sh): its guest.json, with
+    the directory as ``dir``."""
+    path = _required_env('LIVEUPDATE_DEBIAN_GUEST_DIR')
+    with open(os.path.join(path, 'guest.json')) as handle:
+        guest = json.load(handle)
+    for key in ('vmlinux', 'initrd', 'rootfs'):
+        assert os.path.isfile(os.path.join(path, guest[key])), 'Debian guest incomplete: %s/%s' % (path, guest[key])
+    return dict(guest, dir=path)
 
 
 @pytest.fixture(scope='session')

@@ -20,11 +20,10 @@ from harness import guest_log, qemu_pids_under
 INSTALLED = '/usr/bin/qemu-system-x86_64'
 HTTP_PORT = 25881
 
-pytestmark = pytest.mark.skipif(not shutil.which('passt'), reason='passt is not installed (scripts/setup.sh installs it)')
-
 
 @pytest.fixture(scope='module')
 def passt_vm(ansible, guest_spec, old_qemu):
+    assert shutil.which('passt'), 'passt is not installed (scripts/setup.sh installs it)'
     args = guest_spec('lut-passt', binary=old_qemu, append='console=ttyS0 quiet lu.fill_mb=8 lu.http=1',
                       nics=[{'type': 'user', 'hostfwd': ['tcp:127.0.0.1:%d-:80' % HTTP_PORT]}])  # backend: auto
     vm = ansible.module('vm', args)['vm']
