@@ -39,6 +39,16 @@ PREFIX = 'lubench-conn-'
 TAP = 'lubconn0'
 HTTP_PORT = 25891
 LOCK_NAME = '.connections.lock'
+SLOW = 0.1  # seconds: a request slower than this at a switch
+
+
+TCP_COUNTERS = ('TcpRetransSegs', 'TcpExtTCPLossProbes', 'TcpExtTCPTimeouts')
+
+
+def tcp_counters():
+    """The host's TCP retransmission counters (nstat; host-wide, so other traffic counts too)."""
+    out = subprocess.run(['nstat', '-az'] + list(TCP_COUNTERS), capture_output=True, text=True, check=False).stdout
+    return dict((line.split()[0], int(line.split()[1])) for line in out.splitlines()[1:] if line.strip())
 
 
 def run_quiet(*argv):
@@ -102,19 +112,25 @@ class Bench:
             switches = []
             for index in range(self.args.updates):
                 target = self.args.new if index % 2 == 0 else self.args.old
+                counters = tcp_counters()
                 begin = time.time()
                 result = self.update(name, target, kind)
                 end = time.time()
+                time.sleep(self.args.pause_between)
+                after = tcp_counters()
                 switches.append(dict(begin=begin, end=end, guest_pause_ms=result.get('guest_pause_ms'),
                                      engine_s=result['timings'].get('engine'),
                                      spawn_s=result['timings'].get('spawn'),
-                                     reset=len(result.get('connections_reset') or [])))
-                time.sleep(self.args.pause_between)
+                                     reset=len(result.get('connections_reset') or []),
+                                     tcp=dict((k, after.get(k, 0) - counters.get(k, 0)) for k in TCP_COUNTERS)))
             results = load.stop()
         finally:
             self.stop_vm(name)
         for switch in switches:
             switch['worst_ms'] = _ms(results.worst(switch['begin'], switch['end'] + 1.0))
+            # One slow connection is a lost packet; all of them at once, a guest that ran slowly.
+            switch['slow_connections'] = len(set(
+                r.conn for r in results.window(switch['begin'], switch['end'] + 1.0) if r.latency > SLOW))
         out = dict(kind=kind, requests=results.requests, failed=results.failed, reconnects=results.reconnects,
                    baseline_worst_ms=_ms(results.worst(base_start, base_end)),
                    baseline_p99_ms=_ms(results.percentile(99)), switches=switches)
@@ -145,15 +161,18 @@ def make_tap():
 
 def table(report):
     lines = ['| network | requests | failed | reconnects | baseline worst (ms) | worst at a switch (ms) | '
-             'switches over baseline + 50 ms | guest pause median / max (ms) | engine median (s) |',
-             '|---|---|---|---|---|---|---|---|---|']
+             'switches over baseline + 50 ms | connections slower than 100 ms per switch | tail-loss probes / '
+             'retransmissions / timeouts per switch | guest pause median / max (ms) | engine median (s) |',
+             '|---|---|---|---|---|---|---|---|---|---|---|']
     for kind in report['kinds']:
         pauses = sorted(s['guest_pause_ms'] for s in kind['switches'] if s['guest_pause_ms'] is not None)
         engines = sorted(s['engine_s'] for s in kind['switches'] if s['engine_s'] is not None)
         over = sum(1 for s in kind['switches'] if (s['worst_ms'] or 0) > (kind['baseline_worst_ms'] or 0) + 50)
-        lines.append('| %s | %d | %d | %d | %s | %s | %d of %d | %s / %s | %s |' % (
+        per_switch = [s['slow_connections'] for s in kind['switches']]
+        tcp = ['%(TcpExtTCPLossProbes)d/%(TcpRetransSegs)d/%(TcpExtTCPTimeouts)d' % s['tcp'] for s in kind['switches']]
+        lines.append('| %s | %d | %d | %d | %s | %s | %d of %d | %s | %s | %s / %s | %s |' % (
             kind['kind'], kind['requests'], kind['failed'], kind['reconnects'], kind['baseline_worst_ms'],
-            kind['worst_at_switch_ms'], over, len(kind['switches']),
+            kind['worst_at_switch_ms'], over, len(kind['switches']), ' '.join(map(str, per_switch)), ', '.join(tcp),
             pauses[len(pauses) // 2] if pauses else '-', pauses[-1] if pauses else '-',
             engines[len(engines) // 2] if engines else '-'))
     return '\n'.join(lines)
@@ -174,6 +193,7 @@ def main(argv=None):
     ap.add_argument('--guest-dir', help='the Debian guest (default: build or find it with tools/build-debian-guest.sh)')
     ap.add_argument('--runtime-dir', default='/run/liveupdate-qemu-bench-conn')
     ap.add_argument('--work-dir', default='/var/tmp/liveupdate-qemu-bench-conn')
+    ap.add_argument('--git-rev', help='measure the collection as committed at this revision (e.g. one before a fix)')
     ap.add_argument('--json')
     args = ap.parse_args(argv)
     if not benchlib.COLLECTIONS or not args.old:
@@ -187,12 +207,15 @@ def main(argv=None):
     if lock is None:
         ap.error('another connections run uses %s' % args.runtime_dir)
     os.makedirs(args.work_dir, exist_ok=True)
-    collections = benchlib.snapshot_collection(os.path.join(args.work_dir, 'collection'))
+    if args.git_rev:
+        commit, collections = benchlib.collection_to_measure(args.git_rev, args.runtime_dir)
+    else:
+        commit, collections = None, benchlib.snapshot_collection(os.path.join(args.work_dir, 'collection'))
     lib = benchlib.import_collection(collections, 'connections')
     bench = Bench(args, lib, collections)
     report = dict(command=' '.join(['python', os.path.relpath(sys.argv[0], benchlib.ROOT)] + sys.argv[1:]),
                   started=time.strftime('%Y-%m-%d %H:%M:%S'), machine=benchlib.machine_info(args.old, args.new),
-                  guest=bench.guest, kinds=[])
+                  guest=bench.guest, commit=commit, kinds=[])
     tap_made = False
     try:
         for kind in args.kinds.split(','):
