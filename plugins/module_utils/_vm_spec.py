@@ -112,10 +112,6 @@ class VmSpec:
             raise InvalidInput('a tap NIC needs ifname')
         if nic.get('hostfwd') and nic['type'] != 'user':
             raise InvalidInput('hostfwd is only for user-mode NICs (type: user)')
-        for rule in nic.get('hostfwd', []):
-            if nic['type'] == 'user' and nic.get('backend') != 'slirp' and not HOSTFWD_RE.match(rule):
-                raise InvalidInput('hostfwd %s: passt takes PROTO:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT '
-                                   '(set backend: slirp for other forms)' % rule)
         return nic
 
     def check_files(self):
@@ -148,8 +144,13 @@ class VmSpec:
                                                                                else 'this is QEMU %s' % version,)))
         if wanted == 'auto':
             wanted = 'passt' if passt and stream else 'slirp'
-        if wanted == 'passt' and any(HOSTFWD_RE.match(r).group('hport') == '0' for r in nic.get('hostfwd', [])):
-            raise InvalidInput('hostfwd with host port 0 (any free port) needs backend: slirp')
+        for rule in nic.get('hostfwd', []) if wanted == 'passt' else ():
+            match = HOSTFWD_RE.match(rule)
+            if not match:
+                raise InvalidInput('hostfwd %s: passt takes PROTO:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT '
+                                   '(set backend: slirp for other forms)' % rule)
+            if match.group('hport') == '0':
+                raise InvalidInput('hostfwd %s: a host port of 0 (any free port) needs backend: slirp' % rule)
         return wanted
 
     def passt_commands(self, paths):
