@@ -194,7 +194,7 @@ async def read_response(reader: asyncio.StreamReader):
         raise ProtocolError(f'bad status line {line[:80]!r}')
     version, status = parts[0], int(parts[1])
     headers = {}
-    for _ in range(MAX_HEADERS + 1):
+    for dummy in range(MAX_HEADERS + 1):
         line = await reader.readline()
         if not line.endswith(b'\n'):
             raise EOFError('connection closed inside the headers')
@@ -412,7 +412,7 @@ async def _close(writer):
 
 def main(argv=None):
     """CLI: run for --seconds, print a summary (JSON with --json); exit 1 if any request failed."""
-    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--host', default='127.0.0.1')
     ap.add_argument('--port', type=int, required=True)
