@@ -449,7 +449,7 @@ def test_passt_backend_where_available(monkeypatch, which, version, backend, exp
 
 
 @pytest.mark.parametrize('hostfwd, message', [
-    ('tcp:127.0.0.1:0-:80', 'host port 0'),
+    ('tcp:127.0.0.1:0-:80', 'host port of 0'),
     ('tcp:127.0.0.1:8080', 'passt takes PROTO'),
 ])
 def test_passt_hostfwd_refused(monkeypatch, hostfwd, message):
