@@ -128,22 +128,25 @@ class VmSpec:
                 setattr(self, attr, _existing_file(getattr(self, attr), attr))
         for disk in self.disks:
             disk['path'] = _existing_file(disk['path'], 'disk image')
-        self.net_backends = [self._backend(nic) for nic in self.nics]
+        if any(nic['type'] == 'user' for nic in self.nics):
+            version = (binary_version(self.binary) or {}).get('version')
+            lacks = None if version and version_tuple(version) >= STREAM_NETDEV_FROM else 'this is QEMU %s' % version
+            if lacks is None and not shutil.which('passt'):
+                lacks = 'passt is not installed'
+            self.net_backends = [self._backend(nic, lacks) for nic in self.nics]
 
-    def _backend(self, nic):
-        """'passt', 'slirp' or None (a tap) for ``nic``, ``auto`` resolved on this host."""
+    @staticmethod
+    def _backend(nic, passt_lacks):
+        """'passt', 'slirp' or None (a tap) for ``nic``, ``auto`` resolved on this host;
+        ``passt_lacks``: why passt cannot be used here, or None."""
         if nic['type'] != 'user':
             return None
         wanted = nic.get('backend', 'auto')
-        version = (binary_version(self.binary) or {}).get('version')
-        stream = bool(version) and version_tuple(version) >= STREAM_NETDEV_FROM
-        passt = shutil.which('passt')
-        if wanted == 'passt' and not (passt and stream):
+        if wanted == 'passt' and passt_lacks:
             raise InvalidInput('backend passt needs the passt command (package passt) and QEMU %d.%d or later '
-                               '(-netdev stream); %s' % (STREAM_NETDEV_FROM + ('passt is not installed' if stream
-                                                                               else 'this is QEMU %s' % version,)))
+                               '(-netdev stream); %s' % (STREAM_NETDEV_FROM + (passt_lacks,)))
         if wanted == 'auto':
-            wanted = 'passt' if passt and stream else 'slirp'
+            wanted = 'slirp' if passt_lacks else 'passt'
         for rule in nic.get('hostfwd', []) if wanted == 'passt' else ():
             match = HOSTFWD_RE.match(rule)
             if not match:

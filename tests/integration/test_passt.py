@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from harness import guest_log, qemu_pids_under
+from harness import guest_log, process_state, qemu_pids_under
 
 INSTALLED = '/usr/bin/qemu-system-x86_64'
 HTTP_PORT = 25881
@@ -31,16 +31,21 @@ def passt_vm(ansible, guest_spec, old_qemu):
     vm['log'].wait(lambda s: s.mem_ok >= 1 and s.http_port, timeout=120)
     yield vm
     ansible.module('vm', dict(name='lut-passt', state='stopped'))
-    assert not [p for p in os.listdir('/proc') if p.isdigit() and _is_passt_of(int(p), vm['runtime_dir'])]
+    assert passt_of(vm['runtime_dir']) == []
 
 
-def _is_passt_of(pid, runtime_dir):
-    try:
-        with open('/proc/%d/cmdline' % pid, 'rb') as handle:
-            argv = handle.read().decode(errors='replace').split('\0')
-    except OSError:
-        return False
-    return os.path.basename(argv[0]).startswith('passt') and any(a.startswith(runtime_dir) for a in argv)
+def passt_of(runtime_dir):
+    """Pids of the passt processes whose command line names a file under ``runtime_dir``."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open('/proc/%s/cmdline' % entry, 'rb') as handle:
+                argv = handle.read().decode(errors='replace').split('\0')
+        except OSError:
+            continue
+        if os.path.basename(argv[0]).startswith('passt') and any(a.startswith(runtime_dir) for a in argv):
+            found.append(int(entry))
+    return found
 
 
 def get(timeout=10):
@@ -50,8 +55,7 @@ def get(timeout=10):
 
 def test_vm_runs_user_networking_on_passt(passt_vm):
     assert any(a.startswith('stream,id=net0,server=off,addr.type=unix') for a in passt_vm['argv'])
-    passt = [p for p in os.listdir('/proc') if p.isdigit() and _is_passt_of(int(p), passt_vm['runtime_dir'])]
-    assert len(passt) == 1
+    assert len(passt_of(passt_vm['runtime_dir'])) == 1
     assert get() == passt_vm['log'].summary().boot_ids[0]
 
 
@@ -93,7 +97,7 @@ def test_connection_survives_updates(ansible, passt_vm, old_qemu):
             assert result['connections'] == [] and 'connections_reset' not in result
             plan = result['plan']
             assert [s['netdev'] for s in plan['streams']] == ['net0'] and len(plan['held_still']) == 1
-            assert _state(plan['held_still'][0]) != 'T'  # passt goes on
+            assert process_state(plan['held_still'][0]) != 'T'  # passt goes on
             assert qemu_pids_under(passt_vm['memory_file']) == [result['new']['pid']]
     finally:
         stop.set()
@@ -114,24 +118,19 @@ def test_fault_never_leaves_passt_stopped(ansible, passt_vm, fault, settled_by_n
     rollback, or, when the module process itself died, by the next run's recover step; the
     guest goes on serving on exactly one QEMU."""
     boot_id = get()
-    [passt] = [int(p) for p in os.listdir('/proc') if p.isdigit() and _is_passt_of(int(p), passt_vm['runtime_dir'])]
+    [passt] = passt_of(passt_vm['runtime_dir'])
     task = {'liveupdate.qemu.live_update': dict(name='lut-passt', force=True, timeout=5),
             'environment': {'LIVEUPDATE_QEMU_FAULTS': fault}}
     failed = ansible.play([task]).results[0]
     assert failed.get('failed'), failed
     if settled_by_next_run:
-        assert _state(passt) == 'T'  # what a killed module leaves; its journal names passt
+        assert process_state(passt) == 'T'  # what a killed module leaves; its journal names passt
         again = ansible.module('live_update', dict(name='lut-passt', force=True))
         assert not again.get('failed'), again
     else:
         assert failed['rolled_back'] is True, failed
         for pid in qemu_pids_under(passt_vm['memory_file']):  # a stopped destination was ended
-            assert _state(pid) != 'T'
-    assert _state(passt) != 'T'
+            assert process_state(pid) != 'T'
+    assert process_state(passt) != 'T'
     assert len(qemu_pids_under(passt_vm['memory_file'])) == 1
     assert get() == boot_id
-
-
-def _state(pid):
-    with open('/proc/%d/stat' % pid) as handle:
-        return handle.read().rsplit(')', 1)[1].split()[0]

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from ansible_collections.liveupdate.qemu.plugins.module_utils import _sockets
+from ansible_collections.liveupdate.qemu.plugins.module_utils._proc import process_state
 
 
 @pytest.mark.parametrize('hex_address, text', [
@@ -62,12 +63,10 @@ def test_freeze_and_thaw():
     try:
         _sockets.freeze([child.pid])
         time.sleep(0.05)
-        with open('/proc/%d/stat' % child.pid) as handle:
-            assert handle.read().rsplit(')', 1)[1].split()[0] == 'T'
+        assert process_state(child.pid) == 'T'
         _sockets.thaw([child.pid, 999999999])  # a pid that is gone is no error
         time.sleep(0.05)
-        with open('/proc/%d/stat' % child.pid) as handle:
-            assert handle.read().rsplit(')', 1)[1].split()[0] == 'S'
+        assert process_state(child.pid) == 'S'
     finally:
         child.kill()
         child.wait()
