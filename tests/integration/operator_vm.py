@@ -104,7 +104,8 @@ class OperatorVM:
                 'file' (-serial file:PATH)
     disk        path of a qcow2 image (virtio-blk, the guest writes records: lu.disk=1)
     net         user networking on virtio-net; with a port, hostfwd of that port to the guest's
-                httpd (lu.http=1)
+                httpd (lu.http=1). True: QEMU's own (slirp); 'passt': a passt started by hand
+                beforehand, and -netdev stream to it in libvirt's JSON form
     qga         a guest agent channel on a unix socket (virtio-serial)
     vnc         VNC on a unix socket
     """
@@ -122,6 +123,8 @@ class OperatorVM:
         self.qga_socket = os.path.join(self.dir, 'qga.sock') if qga else None
         self.vnc_socket = os.path.join(self.dir, 'vnc.sock') if vnc else None
         self.pidfile = os.path.join(self.dir, 'qemu.pid')
+        self.passt_socket = os.path.join(self.dir, 'passt.sock') if net == 'passt' else None
+        self.passt = None  # its Popen, once started
         self.disk = disk
         self.http_port = http_port
         self.smp = smp
@@ -150,7 +153,11 @@ class OperatorVM:
             raise ValueError(serial)
         if disk:
             argv += ['-drive', 'file=%s,format=qcow2,if=virtio' % disk]
-        if net:
+        if net == 'passt':
+            netdev = json.dumps({'type': 'stream', 'addr': {'type': 'unix', 'path': self.passt_socket},
+                                 'server': False, 'id': 'net0'})
+            argv += ['-netdev', netdev, '-device', 'virtio-net-pci,netdev=net0']
+        elif net:
             netdev = 'user,id=net0'
             if http_port:
                 netdev += ',hostfwd=tcp:127.0.0.1:%d-:80' % http_port
@@ -170,6 +177,16 @@ class OperatorVM:
 
     def start(self):
         os.makedirs(self.dir, mode=0o700)
+        if self.passt_socket:
+            passt = ['passt', '--foreground', '--one-off', '--quiet', '--runas', '0', '--socket', self.passt_socket,
+                     '--address', '10.0.2.15', '--netmask', '24', '--gateway', '10.0.2.2', '--ipv4-only']
+            if self.http_port:
+                passt += ['--tcp-ports', '127.0.0.1/%d:80' % self.http_port]
+            self.passt = subprocess.Popen(passt, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL, start_new_session=True)
+            deadline = time.monotonic() + 10
+            while not os.path.exists(self.passt_socket) and time.monotonic() < deadline:
+                time.sleep(0.02)
         proc = subprocess.run(self.argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=60, check=False)
         if proc.returncode != 0:
@@ -195,6 +212,9 @@ class OperatorVM:
         deadline = time.monotonic() + 10
         while self.pids() and time.monotonic() < deadline:
             time.sleep(0.05)
+        if self.passt is not None:
+            self.passt.kill()
+            self.passt.wait()
         if os.path.exists(self.memory_file):
             os.unlink(self.memory_file)
         shutil.rmtree(self.dir, ignore_errors=True)
